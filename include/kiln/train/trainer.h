@@ -1,0 +1,100 @@
+// Training an image classifier with libtorch.
+//
+//   kiln::train::TrainOptions opt = kiln::train::TrainOptions::ForArch("seed-cnn");
+//   opt.out_dir = "runs/seed";
+//   KILN_RETURN_IF_ERROR(opt.Validate());
+//   KILN_ASSIGN_OR_RETURN(auto summary, kiln::train::Train(dataset, opt, &std::cerr, &stop));
+//
+// Writes into `out_dir`:
+//   model.ckpt          final weights (inference checkpoint)
+//   best.ckpt           weights with the best validation accuracy (used for the test report)
+//   resume.ckpt         weights + optimizer + position; written every epoch and on interruption
+//   metrics.csv         one row per epoch
+//   training_curve.png  loss and accuracy vs epoch
+//   summary.json        test accuracy (of best.ckpt), per-class accuracy, timing, sizes, versions
+// The test split is only touched once, at the end, for the report; model selection uses the
+// validation split carved from the training data.
+//
+// Reproducibility: with the same options (seed, threads) the run is bit-for-bit repeatable, and
+// a resumed run continues exactly where the interrupted one stopped (order and augmentation of
+// every batch depend only on seed, epoch and batch index).
+// Interruption: when *stop becomes true, training saves resume.ckpt at the current batch and
+// returns a Cancelled status naming the file; Train(... resume=true) continues from it.
+// Sets libtorch's global thread count; run one training per process.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <functional>
+#include <iosfwd>
+#include <string>
+#include <vector>
+
+#include "kiln/core/status.h"
+#include "kiln/data/cifar10.h"
+#include "kiln/data/loader.h"
+
+namespace kiln::train {
+
+struct TrainOptions {
+  std::string arch = "kiln-resnet";   // see ArchitectureNames()
+  int64_t epochs = 10;
+  int64_t batch_size = 512;
+  std::string optimizer = "sgd";      // "sgd" (Nesterov momentum) or "adamw"
+  double lr = 0.4;                    // peak learning rate
+  double momentum = 0.9;              // SGD momentum / AdamW beta1
+  double weight_decay = 5e-4;
+  std::string schedule = "onecycle";  // "onecycle" (linear up, linear down) or "cosine"
+  double warmup_fraction = 0.25;      // share of all steps spent warming up
+  double label_smoothing = 0.2;
+  data::AugmentOptions augmentation;  // crop(pad 4) + flip by default; cutout off
+  int64_t validation_size = 5000;     // carved from the training split for model selection
+  int64_t train_limit = 0;            // use only the first N training images (0 = all); tests
+  int64_t threads = 2;                // libtorch intra-op threads
+  bool channels_last = true;          // NHWC activations and weights (faster with oneDNN)
+  uint64_t seed = 1;
+  std::filesystem::path out_dir = "runs/train";
+  bool resume = false;                // continue from out_dir/resume.ckpt
+
+  // Recommended settings for an architecture (epochs, batch, lr, ...); other fields default.
+  static TrainOptions ForArch(const std::string& arch);
+  Status Validate() const;
+  std::string ToJson() const;
+};
+
+struct EpochMetrics {
+  int64_t epoch = 0;  // 1-based
+  double lr = 0.0;    // at the end of the epoch
+  double train_loss = 0.0;
+  double train_accuracy = 0.0;
+  double val_loss = 0.0;
+  double val_accuracy = 0.0;
+  double seconds = 0.0;
+  double images_per_second = 0.0;
+};
+
+struct TrainSummary {
+  std::vector<EpochMetrics> epochs;
+  double test_accuracy = 0.0;  // of best.ckpt on the test split
+  std::vector<double> per_class_test_accuracy;
+  int64_t best_epoch = 0;
+  double best_val_accuracy = 0.0;
+  double wall_seconds = 0.0;       // whole command: load, train, evaluate, write
+  double train_seconds = 0.0;      // time inside training steps and validation
+  double train_images_per_second = 0.0;
+  int64_t parameters = 0;
+  int64_t checkpoint_bytes = 0;
+  std::filesystem::path out_dir;
+};
+
+// `progress` (may be null) receives a progress bar per epoch; `stop` (may be null) is polled
+// before every batch; `on_epoch` (may be empty) is called after each epoch's checkpoints are
+// written, on the calling thread.
+Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& options,
+                           std::ostream* progress, const std::atomic<bool>* stop,
+                           const std::function<void(const EpochMetrics&)>& on_epoch = {});
+
+// Learning rate at `step` of `total_steps` for the schedule in `options`.
+double LearningRateAt(const TrainOptions& options, int64_t step, int64_t total_steps);
+
+}  // namespace kiln::train

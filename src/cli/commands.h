@@ -1,0 +1,30 @@
+// The kiln command line: one Register* per subcommand (one file each). Each registers its
+// options on `app` and sets `*run` to the function that executes it, returning the exit code.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <atomic>
+#include <functional>
+
+namespace kiln::cli {
+
+using Runner = std::function<int()>;
+
+void RegisterDataCommand(CLI::App& app, Runner* run);
+void RegisterTrainCommand(CLI::App& app, Runner* run);
+void RegisterEvalCommand(CLI::App& app, Runner* run);
+void RegisterVersionCommand(CLI::App& app, Runner* run);
+
+// Set by the first SIGINT/SIGTERM; long commands poll it and stop cleanly.
+const std::atomic<bool>& StopRequested();
+
+// The default data location shown in --help ("data/cifar-10-binary.tar.gz").
+const char* DefaultDataPath();
+
+// Exit codes: 0 success, 1 failure of the work, 2 bad command line, 130 interrupted.
+inline constexpr int kExitFailure = 1;
+inline constexpr int kExitUsage = 2;
+inline constexpr int kExitInterrupted = 130;
+
+}  // namespace kiln::cli

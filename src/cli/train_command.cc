@@ -1,0 +1,116 @@
+// kiln train
+#include <iostream>
+#include <optional>
+
+#include "commands.h"
+#include "kiln/data/cifar10.h"
+#include "kiln/train/models.h"
+#include "kiln/train/trainer.h"
+
+namespace kiln::cli {
+
+namespace {
+
+// Flags whose defaults depend on the architecture stay unset until parsed.
+struct TrainArgs {
+  std::string data = DefaultDataPath();
+  std::string arch = "kiln-resnet";
+  std::optional<int64_t> epochs, batch_size, threads, validation_size, train_limit, cutout;
+  std::optional<double> lr, momentum, weight_decay, warmup, label_smoothing;
+  std::optional<std::string> optimizer, schedule;
+  std::optional<uint64_t> seed;
+  std::optional<bool> channels_last;
+  bool no_crop = false, no_flip = false;
+  std::string out;
+  bool resume = false;
+};
+
+int RunTrain(const TrainArgs& a) {
+  train::TrainOptions o = train::TrainOptions::ForArch(a.arch);
+  if (a.epochs) o.epochs = *a.epochs;
+  if (a.batch_size) o.batch_size = *a.batch_size;
+  if (a.threads) o.threads = *a.threads;
+  if (a.validation_size) o.validation_size = *a.validation_size;
+  if (a.train_limit) o.train_limit = *a.train_limit;
+  if (a.cutout) o.augmentation.cutout = *a.cutout;
+  if (a.lr) o.lr = *a.lr;
+  if (a.momentum) o.momentum = *a.momentum;
+  if (a.weight_decay) o.weight_decay = *a.weight_decay;
+  if (a.warmup) o.warmup_fraction = *a.warmup;
+  if (a.label_smoothing) o.label_smoothing = *a.label_smoothing;
+  if (a.optimizer) o.optimizer = *a.optimizer;
+  if (a.schedule) o.schedule = *a.schedule;
+  if (a.seed) o.seed = *a.seed;
+  if (a.channels_last) o.channels_last = *a.channels_last;
+  o.augmentation.random_crop = !a.no_crop;
+  o.augmentation.flip = !a.no_flip;
+  o.out_dir = a.out.empty() ? "runs/" + a.arch : a.out;
+  o.resume = a.resume;
+  if (Status s = o.Validate(); !s.ok()) {
+    std::cerr << "kiln train: " << s.message() << "\n";
+    return kExitUsage;
+  }
+  std::cerr << "loading " << a.data << " ...\n";
+  auto ds = data::LoadCifar10(a.data);
+  if (!ds.ok()) {
+    std::cerr << "kiln train: " << ds.status().ToString() << "\n";
+    return kExitFailure;
+  }
+  auto summary = train::Train(*ds, o, &std::cerr, &StopRequested());
+  if (!summary.ok()) {
+    std::cerr << "kiln train: " << summary.status().ToString() << "\n";
+    return summary.status().code() == StatusCode::kCancelled ? kExitInterrupted : kExitFailure;
+  }
+  std::printf("\n%s: test accuracy %.2f%% (best validation %.2f%% at epoch %lld)\n", o.arch.c_str(),
+              100 * summary->test_accuracy, 100 * summary->best_val_accuracy,
+              static_cast<long long>(summary->best_epoch));
+  std::printf("wall time %.1f s, training %.0f images/s, %lld parameters\n", summary->wall_seconds,
+              summary->train_images_per_second, static_cast<long long>(summary->parameters));
+  std::printf("outputs in %s (best.ckpt, model.ckpt, metrics.csv, training_curve.png, summary.json)\n",
+              o.out_dir.c_str());
+  return 0;
+}
+
+}  // namespace
+
+void RegisterTrainCommand(CLI::App& app, Runner* run) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "Train an image classifier on CIFAR-10 with libtorch");
+  std::string archs;
+  for (const auto& n : train::ArchitectureNames()) archs += (archs.empty() ? "" : ", ") + n;
+  cmd->add_option("--data,--archive", a->data, "cifar-10-binary.tar.gz or its extracted folder")
+      ->capture_default_str();
+  cmd->add_option("--arch", a->arch, "Architecture: " + archs)
+      ->capture_default_str()
+      ->check(CLI::IsMember(train::ArchitectureNames()));
+  cmd->add_option("--out", a->out, "Output folder (default: runs/<arch>)");
+  cmd->add_option("--epochs", a->epochs, "Epochs (default: 10 for kiln-resnet, 15 for seed-cnn, 24 for resnet9)");
+  cmd->add_option("--batch-size", a->batch_size, "Mini-batch size (default: 512; 128 for seed-cnn)");
+  cmd->add_option("--optimizer", a->optimizer, "sgd (Nesterov momentum) or adamw (default: sgd)")
+      ->check(CLI::IsMember({"sgd", "adamw"}));
+  cmd->add_option("--lr", a->lr, "Peak learning rate (default: 0.4; 0.05 for seed-cnn)");
+  cmd->add_option("--momentum", a->momentum, "SGD momentum / AdamW beta1 (default: 0.9)");
+  cmd->add_option("--weight-decay", a->weight_decay, "Weight decay (default: 5e-4)");
+  cmd->add_option("--schedule", a->schedule,
+                  "Learning-rate schedule: onecycle (linear warm-up, linear decay) or cosine "
+                  "(linear warm-up, cosine decay) (default: onecycle)")
+      ->check(CLI::IsMember({"onecycle", "cosine"}));
+  cmd->add_option("--warmup", a->warmup, "Fraction of steps spent warming up (default: 0.25; 0.15 for seed-cnn)");
+  cmd->add_option("--label-smoothing", a->label_smoothing, "Label smoothing (default: 0.2; 0.1 for seed-cnn)");
+  cmd->add_option("--cutout", a->cutout, "Cutout square side in pixels, 0 = off (default: 0)");
+  cmd->add_flag("--no-crop", a->no_crop, "Disable random-crop augmentation (pad 4)");
+  cmd->add_flag("--no-flip", a->no_flip, "Disable horizontal-flip augmentation");
+  cmd->add_option("--validation-size", a->validation_size,
+                  "Training images held out for model selection (default: 5000)");
+  cmd->add_option("--train-limit", a->train_limit, "Use only the first N training images, 0 = all (default: 0)");
+  cmd->add_option("--threads", a->threads, "libtorch threads (default: 2)");
+  cmd->add_option("--channels-last", a->channels_last, "Channels-last memory format, true/false (default: true)");
+  cmd->add_option("--seed", a->seed, "Random seed: same seed and threads reproduce a run (default: 1)");
+  cmd->add_flag("--resume", a->resume, "Continue the run saved in <out>/resume.ckpt (after Ctrl-C)");
+  cmd->footer(
+      "Outputs: best.ckpt, model.ckpt, resume.ckpt, metrics.csv, training_curve.png, summary.json.\n"
+      "Ctrl-C saves resume.ckpt and exits; run the same command with --resume to continue.");
+  cmd->callback([run, a] { *run = [a] { return RunTrain(*a); }; });
+}
+
+}  // namespace kiln::cli

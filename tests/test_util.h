@@ -1,0 +1,55 @@
+// Shared helpers for Kiln's tests: where the shared CIFAR-10 archive is, a cached load of it,
+// temporary folders and running the real `kiln` binary.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "kiln/core/status.h"
+#include "kiln/data/cifar10.h"
+
+namespace kiln::testing {
+
+// Path of the CIFAR-10 archive (env KILN_TEST_DATA, set by CMake to ../shared/data/...).
+std::filesystem::path DataArchive();
+
+// The archive, loaded once per test binary. Fails the test (fatal) if it cannot be read.
+const data::Dataset& SharedDataset();
+
+// A fresh empty folder under the system temp dir, removed when the object dies.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string output;  // stdout and stderr together
+};
+
+// Path of the kiln binary under test (env KILN_BINARY, set by CMake).
+std::string KilnBinary();
+
+// Runs `kiln <args>` through the shell and captures its output.
+CommandResult RunKiln(const std::string& args);
+
+}  // namespace kiln::testing
+
+#define KILN_ASSERT_OK(expr)                                    \
+  do {                                                          \
+    const auto& kiln_s_ = (expr);                               \
+    ASSERT_TRUE(kiln_s_.ok()) << kiln_s_.ToString();            \
+  } while (false)
+
+// For Result<T>: asserts ok and prints the status otherwise.
+#define KILN_ASSERT_RESULT_OK(result) ASSERT_TRUE((result).ok()) << (result).status().ToString()
