@@ -45,10 +45,10 @@ CommandResult RunKiln(const std::string& args);
 
 }  // namespace kiln::testing
 
-#define KILN_ASSERT_OK(expr)                                    \
-  do {                                                          \
-    const auto& kiln_s_ = (expr);                               \
-    ASSERT_TRUE(kiln_s_.ok()) << kiln_s_.ToString();            \
+#define KILN_ASSERT_OK(expr)                         \
+  do {                                               \
+    const auto& kiln_s_ = (expr);                    \
+    ASSERT_TRUE(kiln_s_.ok()) << kiln_s_.ToString(); \
   } while (false)
 
 // For Result<T>: asserts ok and prints the status otherwise.

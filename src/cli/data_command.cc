@@ -29,9 +29,11 @@ int RunVerify(const VerifyArgs& args) {
     nlohmann::json j;
     j["source"] = ds->source;
     j["ok"] = true;
-    for (const auto& f : ds->files) j["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"records", f.records}});
+    for (const auto& f : ds->files)
+      j["files"].push_back({{"name", f.name}, {"bytes", f.bytes}, {"records", f.records}});
     for (int64_t c = 0; c < k; ++c) {
-      j["classes"].push_back({{"label", c}, {"name", ds->class_names[c]}, {"train", train[c]}, {"test", test[c]}});
+      j["classes"].push_back(
+          {{"label", c}, {"name", ds->class_names[c]}, {"train", train[c]}, {"test", test[c]}});
     }
     j["train_images"] = ds->train.size();
     j["test_images"] = ds->test.size();
@@ -40,18 +42,19 @@ int RunVerify(const VerifyArgs& args) {
   }
   std::cout << "CIFAR-10 data set at " << ds->source << ": OK\n\n";
   for (const auto& f : ds->files) {
-    std::cout << "  " << std::left << std::setw(20) << f.name << std::right << std::setw(12) << f.bytes
-              << " bytes  " << std::setw(6) << f.records << (f.name.ends_with(".txt") ? " names" : " records")
-              << "  ok\n";
+    std::cout << "  " << std::left << std::setw(20) << f.name << std::right << std::setw(12)
+              << f.bytes << " bytes  " << std::setw(6) << f.records
+              << (f.name.ends_with(".txt") ? " names" : " records") << "  ok\n";
   }
   std::cout << "\n  " << std::left << std::setw(4) << "id" << std::setw(12) << "class" << std::right
-            << std::setw(8) << "train" << std::setw(8) << "test" << "\n";
+            << std::setw(8) << "train" << std::setw(8) << "test"
+            << "\n";
   for (int64_t c = 0; c < k; ++c) {
-    std::cout << "  " << std::left << std::setw(4) << c << std::setw(12) << ds->class_names[c] << std::right
-              << std::setw(8) << train[c] << std::setw(8) << test[c] << "\n";
+    std::cout << "  " << std::left << std::setw(4) << c << std::setw(12) << ds->class_names[c]
+              << std::right << std::setw(8) << train[c] << std::setw(8) << test[c] << "\n";
   }
-  std::cout << "  " << std::left << std::setw(16) << "total" << std::right << std::setw(8) << ds->train.size()
-            << std::setw(8) << ds->test.size() << "\n";
+  std::cout << "  " << std::left << std::setw(16) << "total" << std::right << std::setw(8)
+            << ds->train.size() << std::setw(8) << ds->test.size() << "\n";
   return 0;
 }
 
@@ -81,19 +84,24 @@ void RegisterDataCommand(CLI::App& app, Runner* run) {
   auto verify_args = std::make_shared<VerifyArgs>();
   auto* verify = data->add_subcommand(
       "verify", "Check every file of a CIFAR-10 binary archive or folder and summarise it");
-  verify->add_option("--data,--archive", verify_args->data,
-                     "cifar-10-binary.tar.gz or the folder it extracts to")
+  verify
+      ->add_option("--data,--archive", verify_args->data,
+                   "cifar-10-binary.tar.gz or the folder it extracts to")
       ->capture_default_str();
   verify->add_flag("--json", verify_args->json, "Print the summary as JSON");
-  verify->callback([run, verify_args] { *run = [verify_args] { return RunVerify(*verify_args); }; });
+  verify->callback(
+      [run, verify_args] { *run = [verify_args] { return RunVerify(*verify_args); }; });
 
   auto fetch_opts = std::make_shared<data::FetchOptions>();
   auto* fetch = data->add_subcommand(
       "fetch", "Download the official CIFAR-10 binary archive and verify its published MD5");
   fetch->add_option("--out", fetch_opts->out_dir, "Folder to download into")->capture_default_str();
   fetch->add_option("--url", fetch_opts->url, "Where to download from")->capture_default_str();
-  fetch->add_option("--md5", fetch_opts->md5, "Expected MD5 of the download")->capture_default_str();
-  fetch->add_option("--connect-timeout", fetch_opts->connect_timeout_s, "Seconds to wait for a connection")
+  fetch->add_option("--md5", fetch_opts->md5, "Expected MD5 of the download")
+      ->capture_default_str();
+  fetch
+      ->add_option("--connect-timeout", fetch_opts->connect_timeout_s,
+                   "Seconds to wait for a connection")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   fetch->add_flag("--force", fetch_opts->force, "Download again even if a verified copy exists");

@@ -47,16 +47,18 @@ int RunEval(const EvalArgs& a) {
   }
   const auto& names = meta.class_names;
   if (a.json) {
-    nlohmann::json j = {{"checkpoint", a.checkpoint}, {"arch", meta.arch},
-                        {"images", r->images},        {"accuracy", r->accuracy},
-                        {"loss", r->loss},            {"confusion", r->confusion},
-                        {"class_names", names},       {"seconds", r->seconds}};
-    for (size_t c = 0; c < names.size(); ++c) j["per_class_accuracy"][names[c]] = r->per_class_accuracy[c];
+    nlohmann::json j = {
+        {"checkpoint", a.checkpoint}, {"arch", meta.arch},    {"images", r->images},
+        {"accuracy", r->accuracy},    {"loss", r->loss},      {"confusion", r->confusion},
+        {"class_names", names},       {"seconds", r->seconds}};
+    for (size_t c = 0; c < names.size(); ++c)
+      j["per_class_accuracy"][names[c]] = r->per_class_accuracy[c];
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  std::printf("%s (%s) on %lld test images: accuracy %.2f%%, loss %.4f (%.1f s)\n\n", a.checkpoint.c_str(),
-              meta.arch.c_str(), static_cast<long long>(r->images), 100 * r->accuracy, r->loss, r->seconds);
+  std::printf("%s (%s) on %lld test images: accuracy %.2f%%, loss %.4f (%.1f s)\n\n",
+              a.checkpoint.c_str(), meta.arch.c_str(), static_cast<long long>(r->images),
+              100 * r->accuracy, r->loss, r->seconds);
   std::printf("%-12s %8s\n", "class", "accuracy");
   for (size_t c = 0; c < names.size(); ++c) {
     std::printf("%-12s %7.2f%%\n", names[c].c_str(), 100 * r->per_class_accuracy[c]);
@@ -66,7 +68,8 @@ int RunEval(const EvalArgs& a) {
   std::printf("\n");
   for (size_t t = 0; t < names.size(); ++t) {
     std::printf("%-12s", names[t].c_str());
-    for (size_t p = 0; p < names.size(); ++p) std::printf(" %5lld", static_cast<long long>(r->confusion[t][p]));
+    for (size_t p = 0; p < names.size(); ++p)
+      std::printf(" %5lld", static_cast<long long>(r->confusion[t][p]));
     std::printf("\n");
   }
   return 0;
@@ -76,14 +79,18 @@ int RunEval(const EvalArgs& a) {
 
 void RegisterEvalCommand(CLI::App& app, Runner* run) {
   auto a = std::make_shared<EvalArgs>();
-  auto* cmd = app.add_subcommand("eval", "Test accuracy, per-class accuracy and confusion matrix of a model");
-  cmd->add_option("--checkpoint", a->checkpoint, "A Kiln checkpoint (best.ckpt, model.ckpt)")->required();
+  auto* cmd = app.add_subcommand(
+      "eval", "Test accuracy, per-class accuracy and confusion matrix of a model");
+  cmd->add_option("--checkpoint", a->checkpoint, "A Kiln checkpoint (best.ckpt, model.ckpt)")
+      ->required();
   cmd->add_option("--data,--archive", a->data, "cifar-10-binary.tar.gz or its extracted folder")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  cmd->add_option("--threads", a->threads, "libtorch threads")->capture_default_str()->check(CLI::Range(1, 256));
+  cmd->add_option("--threads", a->threads, "libtorch threads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
   cmd->add_flag("--json", a->json, "Machine-readable output");
   cmd->callback([run, a] { *run = [a] { return RunEval(*a); }; });
 }

@@ -1,7 +1,6 @@
 // kiln version
-#include <opencv2/core/version.hpp>
-
 #include <iostream>
+#include <opencv2/core/version.hpp>
 
 #include "commands.h"
 #include "kiln/backend/onnxruntime_runtime.h"
@@ -14,7 +13,8 @@ void RegisterVersionCommand(CLI::App& app, Runner* run) {
   auto* cmd = app.add_subcommand("version", "Print Kiln's version and the versions of its engines");
   cmd->callback([run] {
     *run = [] {
-      std::cout << "kiln " << Version() << "\n" << train::TorchVersion() << " (threads: " << torch::get_num_threads()
+      std::cout << "kiln " << Version() << "\n"
+                << train::TorchVersion() << " (threads: " << torch::get_num_threads()
                 << " default)\n";
       auto ort = backend::OnnxRuntimeVersion();
       if (ort.ok()) {

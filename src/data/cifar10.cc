@@ -23,7 +23,8 @@ constexpr int kTrainBatches = 5;
 
 std::vector<std::string> ExpectedBatchNames() {
   std::vector<std::string> names;
-  for (int i = 1; i <= kTrainBatches; ++i) names.push_back("data_batch_" + std::to_string(i) + ".bin");
+  for (int i = 1; i <= kTrainBatches; ++i)
+    names.push_back("data_batch_" + std::to_string(i) + ".bin");
   names.emplace_back(kTestName);
   return names;
 }
@@ -47,8 +48,8 @@ Result<FileMap> ReadArchive(const fs::path& archive_path) {
                                 archive_error_string(a.get()) + ")");
   }
   if (archive_filter_code(a.get(), 0) != ARCHIVE_FILTER_GZIP) {
-    return InvalidArgumentError(where + ": not gzip-compressed (expected " +
-                                kCifarArchiveName + ")");
+    return InvalidArgumentError(where + ": not gzip-compressed (expected " + kCifarArchiveName +
+                                ")");
   }
   FileMap files;
   archive_entry* entry = nullptr;
@@ -176,7 +177,8 @@ std::vector<int64_t> ImageSet::ClassCounts(int64_t num_classes) const {
 Result<Dataset> LoadCifar10(const fs::path& source) {
   std::error_code ec;
   if (!fs::exists(source, ec)) {
-    return NotFoundError(source.string() + ": no such file or folder (get the data with "
+    return NotFoundError(source.string() +
+                         ": no such file or folder (get the data with "
                          "`kiln data fetch`, or pass --data PATH to a cifar-10-binary.tar.gz)");
   }
   Result<FileMap> files = fs::is_directory(source) ? ReadFolder(source) : ReadArchive(source);

@@ -54,7 +54,8 @@ Status CheckMd5(const fs::path& file, const std::string& want) {
 Result<fs::path> FetchArchive(const FetchOptions& options, std::ostream* progress) {
   std::error_code ec;
   fs::create_directories(options.out_dir, ec);
-  if (ec) return InvalidArgumentError("cannot create " + options.out_dir.string() + ": " + ec.message());
+  if (ec)
+    return InvalidArgumentError("cannot create " + options.out_dir.string() + ": " + ec.message());
   const fs::path dest = options.out_dir / FileNameFromUrl(options.url);
   if (!options.force && fs::exists(dest) && CheckMd5(dest, options.md5).ok()) {
     return dest;  // already downloaded and verified

@@ -14,24 +14,25 @@ using nlohmann::json;
 namespace {
 
 json MetaToJson(const CheckpointMeta& m) {
-  return json{{"format", "kiln-checkpoint-1"},
-              {"arch", m.arch},
-              {"shape",
-               {{"channels", m.shape.channels},
-                {"height", m.shape.height},
-                {"width", m.shape.width},
-                {"num_classes", m.shape.num_classes}}},
-              {"class_names", m.class_names},
-              {"normalization", {{"mean", m.normalization.mean}, {"std", m.normalization.std}}},
-              {"train_options", json::parse(m.train_options_json.empty() ? "{}" : m.train_options_json)},
-              {"epoch", m.epoch},
-              {"batch", m.batch},
-              {"val_accuracy", m.val_accuracy},
-              {"best_val_accuracy", m.best_val_accuracy},
-              {"best_epoch", m.best_epoch},
-              {"kiln_version", m.kiln_version},
-              {"torch_version", m.torch_version},
-              {"created", m.created}};
+  return json{
+      {"format", "kiln-checkpoint-1"},
+      {"arch", m.arch},
+      {"shape",
+       {{"channels", m.shape.channels},
+        {"height", m.shape.height},
+        {"width", m.shape.width},
+        {"num_classes", m.shape.num_classes}}},
+      {"class_names", m.class_names},
+      {"normalization", {{"mean", m.normalization.mean}, {"std", m.normalization.std}}},
+      {"train_options", json::parse(m.train_options_json.empty() ? "{}" : m.train_options_json)},
+      {"epoch", m.epoch},
+      {"batch", m.batch},
+      {"val_accuracy", m.val_accuracy},
+      {"best_val_accuracy", m.best_val_accuracy},
+      {"best_epoch", m.best_epoch},
+      {"kiln_version", m.kiln_version},
+      {"torch_version", m.torch_version},
+      {"created", m.created}};
 }
 
 Result<CheckpointMeta> MetaFromJson(const std::string& text) {
@@ -72,7 +73,8 @@ Result<CheckpointMeta> MetaFromJson(const std::string& text) {
 std::string TorchVersion() { return "libtorch " TORCH_VERSION; }
 
 void SetChannelsLast(torch::nn::Module& module, bool channels_last) {
-  const auto format = channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+  const auto format =
+      channels_last ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
   torch::NoGradGuard no_grad;
   for (auto& p : module.parameters()) {
     if (p.dim() == 4) p.set_data(p.data().contiguous(format));
@@ -92,7 +94,8 @@ Status SaveCheckpoint(const fs::path& file, const CheckpointMeta& meta, Classifi
     {
       torch::NoGradGuard no_grad;
       for (const auto& p : model.named_parameters()) weights.write(p.key(), p.value().contiguous());
-      for (const auto& b : model.named_buffers()) weights.write(b.key(), b.value().contiguous(), true);
+      for (const auto& b : model.named_buffers())
+        weights.write(b.key(), b.value().contiguous(), true);
     }
     archive.write("model", weights);
     if (optimizer != nullptr) {

@@ -43,27 +43,28 @@ Result<EvalResult> Evaluate(Classifier& model, const data::ImageSet& set,
   r.confusion.assign(static_cast<size_t>(num_classes),
                      std::vector<int64_t>(static_cast<size_t>(num_classes), 0));
   double loss_sum = 0.0;
-  Status s = ForEachBatch(model, set, norm, options, [&](const torch::Tensor& logits,
-                                                         const torch::Tensor& labels) {
-    loss_sum += torch::nn::functional::cross_entropy(
-                    logits, labels,
-                    torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
-                    .item<double>();
-    auto pred = logits.argmax(1);
-    auto* p = pred.data_ptr<int64_t>();
-    auto* l = labels.data_ptr<int64_t>();
-    for (int64_t i = 0; i < labels.size(0); ++i) {
-      if (l[i] < num_classes && p[i] < num_classes) ++r.confusion[l[i]][p[i]];
-    }
-    r.images += labels.size(0);
-  });
+  Status s = ForEachBatch(
+      model, set, norm, options, [&](const torch::Tensor& logits, const torch::Tensor& labels) {
+        loss_sum += torch::nn::functional::cross_entropy(
+                        logits, labels,
+                        torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                        .item<double>();
+        auto pred = logits.argmax(1);
+        auto* p = pred.data_ptr<int64_t>();
+        auto* l = labels.data_ptr<int64_t>();
+        for (int64_t i = 0; i < labels.size(0); ++i) {
+          if (l[i] < num_classes && p[i] < num_classes) ++r.confusion[l[i]][p[i]];
+        }
+        r.images += labels.size(0);
+      });
   KILN_RETURN_IF_ERROR(s);
   int64_t correct = 0;
   for (int64_t c = 0; c < num_classes; ++c) {
     int64_t total = 0;
     for (int64_t p = 0; p < num_classes; ++p) total += r.confusion[c][p];
     correct += r.confusion[c][c];
-    r.per_class_accuracy.push_back(total > 0 ? static_cast<double>(r.confusion[c][c]) / total : 0.0);
+    r.per_class_accuracy.push_back(total > 0 ? static_cast<double>(r.confusion[c][c]) / total
+                                             : 0.0);
   }
   r.accuracy = r.images > 0 ? static_cast<double>(correct) / static_cast<double>(r.images) : 0.0;
   r.loss = r.images > 0 ? loss_sum / static_cast<double>(r.images) : 0.0;

@@ -9,7 +9,8 @@ namespace {
 class SeedCnn : public Classifier {
  public:
   explicit SeedCnn(const ModelShape& s)
-      : conv1_(register_module("conv1", nn::Conv2d(nn::Conv2dOptions(s.channels, 32, 3).padding(1)))),
+      : conv1_(
+            register_module("conv1", nn::Conv2d(nn::Conv2dOptions(s.channels, 32, 3).padding(1)))),
         conv2_(register_module("conv2", nn::Conv2d(nn::Conv2dOptions(32, 64, 3).padding(1)))),
         conv3_(register_module("conv3", nn::Conv2d(nn::Conv2dOptions(64, 128, 3).padding(1)))),
         fc1_(register_module("fc1", nn::Linear(128 * (s.height / 8) * (s.width / 8), 256))),
@@ -34,7 +35,8 @@ class SeedCnn : public Classifier {
 class ConvBnImpl : public nn::Module {
  public:
   ConvBnImpl(int64_t in, int64_t out)
-      : conv(register_module("conv", nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).bias(false)))),
+      : conv(register_module("conv",
+                             nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).bias(false)))),
         bn(register_module("bn", nn::BatchNorm2d(out))) {}
   torch::Tensor forward(torch::Tensor x) { return torch::relu(bn->forward(conv->forward(x))); }
   nn::Conv2d conv;
@@ -54,7 +56,8 @@ class ResNet9 : public Classifier {
         layer3_(register_module("layer3", ConvBn(4 * w, 8 * w))),
         res3a_(register_module("res3a", ConvBn(8 * w, 8 * w))),
         res3b_(register_module("res3b", ConvBn(8 * w, 8 * w))),
-        fc_(register_module("fc", nn::Linear(nn::LinearOptions(8 * w, s.num_classes).bias(false)))) {}
+        fc_(register_module("fc",
+                            nn::Linear(nn::LinearOptions(8 * w, s.num_classes).bias(false)))) {}
 
   torch::Tensor forward(torch::Tensor x) override {
     x = prep_->forward(x);
@@ -84,8 +87,9 @@ std::vector<std::string> ArchitectureNames() { return {"kiln-resnet", "resnet9",
 Result<std::shared_ptr<Classifier>> CreateModel(const std::string& arch, const ModelShape& shape) {
   if (shape.channels <= 0 || shape.num_classes < 2 || shape.height < 8 || shape.width < 8 ||
       shape.height % 8 != 0 || shape.width % 8 != 0) {
-    return InvalidArgumentError("model input must be at least 8x8 with sides divisible by 8, "
-                                "with >= 1 channel and >= 2 classes");
+    return InvalidArgumentError(
+        "model input must be at least 8x8 with sides divisible by 8, "
+        "with >= 1 channel and >= 2 classes");
   }
   if (arch == "seed-cnn") return std::shared_ptr<Classifier>(std::make_shared<SeedCnn>(shape));
   if (arch == "kiln-resnet") {

@@ -16,8 +16,9 @@ struct Series {
 };
 
 // Draws one chart into `area` of `img`: axes, ticks, a line per series and a legend.
-void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title, const std::vector<Series>& series,
-               bool percent) {
+// The legend goes top-right for falling curves (loss) and bottom-right for rising ones.
+void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title,
+               const std::vector<Series>& series, bool percent) {
   const int left = 60, right = 15, top = 30, bottom = 40;
   cv::Rect plot(area.x + left, area.y + top, area.width - left - right, area.height - top - bottom);
   double lo = 1e300, hi = -1e300;
@@ -30,7 +31,10 @@ void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title, const std:
     n = std::max(n, s.values.size());
   }
   if (n == 0) return;
-  if (hi - lo < 1e-9) { hi += 0.5; lo -= 0.5; }
+  if (hi - lo < 1e-9) {
+    hi += 0.5;
+    lo -= 0.5;
+  }
   const double pad = (hi - lo) * 0.05;
   lo -= pad;
   hi += pad;
@@ -40,7 +44,9 @@ void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title, const std:
   auto px = [&](size_t i) {
     return plot.x + (n == 1 ? plot.width / 2 : static_cast<int>(plot.width * i / (n - 1)));
   };
-  auto py = [&](double v) { return plot.y + plot.height - static_cast<int>((v - lo) / (hi - lo) * plot.height); };
+  auto py = [&](double v) {
+    return plot.y + plot.height - static_cast<int>((v - lo) / (hi - lo) * plot.height);
+  };
   for (int k = 0; k <= 4; ++k) {
     double v = lo + (hi - lo) * k / 4;
     int y = py(v);
@@ -51,21 +57,22 @@ void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title, const std:
   }
   const size_t step = std::max<size_t>(1, n / 10);
   for (size_t i = 0; i < n; i += step) {
-    cv::putText(img, std::to_string(i + 1), {px(i) - 4, plot.y + plot.height + 16}, font, 0.38, ink, 1,
-                cv::LINE_AA);
+    cv::putText(img, std::to_string(i + 1), {px(i) - 4, plot.y + plot.height + 16}, font, 0.38, ink,
+                1, cv::LINE_AA);
   }
-  cv::putText(img, "epoch", {plot.x + plot.width / 2 - 20, plot.y + plot.height + 34}, font, 0.45, ink,
-              1, cv::LINE_AA);
+  cv::putText(img, "epoch", {plot.x + plot.width / 2 - 20, plot.y + plot.height + 34}, font, 0.45,
+              ink, 1, cv::LINE_AA);
   cv::rectangle(img, plot, ink, 1);
-  int legend_y = plot.y + 16;
+  int legend_y =
+      percent ? plot.y + plot.height - 8 - 18 * static_cast<int>(series.size() - 1) : plot.y + 16;
   for (const auto& s : series) {
     for (size_t i = 0; i < s.values.size(); ++i) {
       cv::Point p(px(i), py(s.values[i]));
       if (i > 0) cv::line(img, {px(i - 1), py(s.values[i - 1])}, p, s.color, 2, cv::LINE_AA);
       cv::circle(img, p, 3, s.color, cv::FILLED, cv::LINE_AA);
     }
-    cv::line(img, {plot.x + plot.width - 120, legend_y - 4}, {plot.x + plot.width - 100, legend_y - 4},
-             s.color, 2);
+    cv::line(img, {plot.x + plot.width - 120, legend_y - 4},
+             {plot.x + plot.width - 100, legend_y - 4}, s.color, 2);
     cv::putText(img, s.name, {plot.x + plot.width - 95, legend_y}, font, 0.42, ink, 1, cv::LINE_AA);
     legend_y += 18;
   }
@@ -83,9 +90,11 @@ Status PlotTrainingCurves(const std::vector<EpochMetrics>& epochs, const std::fi
     ta.values.push_back(e.train_accuracy);
     va.values.push_back(e.val_accuracy);
   }
-  cv::Mat img(400, 1000, CV_8UC3, cv::Scalar(255, 255, 255));
-  DrawChart(img, {0, 0, 500, 400}, title + ": loss", {tl, vl}, false);
-  DrawChart(img, {500, 0, 500, 400}, "accuracy", {ta, va}, true);
+  cv::Mat img(430, 1000, CV_8UC3, cv::Scalar(255, 255, 255));
+  cv::putText(img, title, {10, 22}, cv::FONT_HERSHEY_SIMPLEX, 0.6, cv::Scalar(0, 0, 0), 1,
+              cv::LINE_AA);
+  DrawChart(img, {0, 30, 500, 400}, "loss (train: with label smoothing)", {tl, vl}, false);
+  DrawChart(img, {500, 30, 500, 400}, "accuracy", {ta, va}, true);
   try {
     if (!cv::imwrite(png.string(), img)) return InternalError("cannot write " + png.string());
   } catch (const cv::Exception& e) {

@@ -1,14 +1,16 @@
 #include "kiln/train/trainer.h"
 
+#include <ATen/autocast_mode.h>
+
 #include <algorithm>
 #include <chrono>
-#include <optional>
 #include <cmath>
 #include <ctime>
 #include <fstream>
 #include <iomanip>
 #include <nlohmann/json.hpp>
 #include <numbers>
+#include <optional>
 #include <sstream>
 
 #include "kiln/core/progress.h"
@@ -40,14 +42,27 @@ TrainOptions TrainOptions::ForArch(const std::string& arch) {
   return o;
 }
 
+std::string TrainOptions::ResolvedPrecision() const {
+  if (precision != "auto") return precision;
+  __builtin_cpu_init();
+  const bool native_bf16 = __builtin_cpu_supports("avx512bf16") != 0;
+  return native_bf16 ? "bf16" : "fp32";
+}
+
 Status TrainOptions::Validate() const {
   if (epochs <= 0) return InvalidArgumentError("--epochs must be positive");
-  if (batch_size <= 0 || batch_size > 8192) return InvalidArgumentError("--batch-size must be in [1, 8192]");
+  if (batch_size <= 0 || batch_size > 8192)
+    return InvalidArgumentError("--batch-size must be in [1, 8192]");
   if (optimizer != "sgd" && optimizer != "adamw") {
     return InvalidArgumentError("--optimizer must be 'sgd' or 'adamw', not '" + optimizer + "'");
   }
   if (schedule != "onecycle" && schedule != "cosine") {
-    return InvalidArgumentError("--schedule must be 'onecycle' or 'cosine', not '" + schedule + "'");
+    return InvalidArgumentError("--schedule must be 'onecycle' or 'cosine', not '" + schedule +
+                                "'");
+  }
+  if (precision != "auto" && precision != "fp32" && precision != "bf16") {
+    return InvalidArgumentError("--precision must be 'auto', 'fp32' or 'bf16', not '" + precision +
+                                "'");
   }
   if (!(lr > 0) || !std::isfinite(lr)) return InvalidArgumentError("--lr must be positive");
   if (weight_decay < 0) return InvalidArgumentError("--weight-decay must be >= 0");
@@ -87,12 +102,14 @@ std::string TrainOptions::ToJson() const {
               {"train_limit", train_limit},
               {"threads", threads},
               {"channels_last", channels_last},
+              {"precision", precision},
               {"seed", seed}}
       .dump();
 }
 
 double LearningRateAt(const TrainOptions& o, int64_t step, int64_t total_steps) {
-  const double t = total_steps > 0 ? static_cast<double>(step) / static_cast<double>(total_steps) : 1.0;
+  const double t =
+      total_steps > 0 ? static_cast<double>(step) / static_cast<double>(total_steps) : 1.0;
   const double w = o.warmup_fraction;
   if (w > 0 && t < w) return o.lr * t / w;
   const double rest = w < 1 ? (t - w) / (1 - w) : 1.0;
@@ -101,6 +118,29 @@ double LearningRateAt(const TrainOptions& o, int64_t step, int64_t total_steps) 
 }
 
 namespace {
+
+// Enables CPU autocast to bfloat16 for its lifetime (restoring the previous state).
+class Bf16Autocast {
+ public:
+  explicit Bf16Autocast(bool enable) : enabled_(enable), previous_(at::autocast::is_cpu_enabled()) {
+    if (enabled_) {
+      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+      at::autocast::set_cpu_enabled(true);
+    }
+  }
+  ~Bf16Autocast() {
+    if (enabled_) {
+      at::autocast::set_cpu_enabled(previous_);
+      at::autocast::clear_cache();
+    }
+  }
+  Bf16Autocast(const Bf16Autocast&) = delete;
+  Bf16Autocast& operator=(const Bf16Autocast&) = delete;
+
+ private:
+  bool enabled_;
+  bool previous_;
+};
 
 std::string NowIso() {
   std::time_t t = std::time(nullptr);
@@ -114,15 +154,13 @@ std::string NowIso() {
 std::unique_ptr<torch::optim::Optimizer> MakeOptimizer(const TrainOptions& o, Classifier& model) {
   if (o.optimizer == "adamw") {
     return std::make_unique<torch::optim::AdamW>(
-        model.parameters(), torch::optim::AdamWOptions(o.lr)
-                                .betas({o.momentum, 0.999})
-                                .weight_decay(o.weight_decay));
+        model.parameters(),
+        torch::optim::AdamWOptions(o.lr).betas({o.momentum, 0.999}).weight_decay(o.weight_decay));
   }
-  return std::make_unique<torch::optim::SGD>(
-      model.parameters(), torch::optim::SGDOptions(o.lr)
-                              .momentum(o.momentum)
-                              .nesterov(o.momentum > 0)
-                              .weight_decay(o.weight_decay));
+  return std::make_unique<torch::optim::SGD>(model.parameters(), torch::optim::SGDOptions(o.lr)
+                                                                     .momentum(o.momentum)
+                                                                     .nesterov(o.momentum > 0)
+                                                                     .weight_decay(o.weight_decay));
 }
 
 void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
@@ -169,6 +207,8 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   const auto wall_start = std::chrono::steady_clock::now();
   KILN_RETURN_IF_ERROR(requested.Validate());
   TrainOptions o = requested;
+  o.precision = o.ResolvedPrecision();
+  const bool bf16 = o.precision == "bf16";
   std::error_code ec;
   fs::create_directories(o.out_dir, ec);
   if (ec) return InvalidArgumentError("cannot create " + o.out_dir.string() + ": " + ec.message());
@@ -180,7 +220,8 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   torch::manual_seed(o.seed);
 
   // Data: validation carved from the training split; normalization from what remains.
-  KILN_ASSIGN_OR_RETURN(auto split, data::SplitValidation(dataset.train, o.validation_size, o.seed));
+  KILN_ASSIGN_OR_RETURN(auto split,
+                        data::SplitValidation(dataset.train, o.validation_size, o.seed));
   data::ImageSet train_set = std::move(split.first);
   data::ImageSet val_set = std::move(split.second);
   if (o.train_limit > 0 && o.train_limit < train_set.size()) {
@@ -214,12 +255,13 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
       KILN_ASSIGN_OR_RETURN(Checkpoint ckpt, LoadCheckpoint(resume_file));
       json saved = json::parse(ckpt.meta.train_options_json);
       if (saved.value("arch", "") != o.arch || saved.value("seed", uint64_t{0}) != o.seed ||
-          saved.value("batch_size", int64_t{0}) != o.batch_size) {
-        return InvalidArgumentError(resume_file.string() + " was written by a run with arch " +
-                                    saved.value("arch", "?") + ", seed " +
-                                    std::to_string(saved.value("seed", uint64_t{0})) +
-                                    ", batch size " + std::to_string(saved.value("batch_size", int64_t{0})) +
-                                    "; resume with the same options");
+          saved.value("batch_size", int64_t{0}) != o.batch_size ||
+          saved.value("precision", "") != o.precision) {
+        return InvalidArgumentError(
+            resume_file.string() + " was written by a run with arch " + saved.value("arch", "?") +
+            ", seed " + std::to_string(saved.value("seed", uint64_t{0})) + ", batch size " +
+            std::to_string(saved.value("batch_size", int64_t{0})) + ", precision " +
+            saved.value("precision", "?") + "; resume with the same options");
       }
       model = ckpt.model;
       meta.best_val_accuracy = ckpt.meta.best_val_accuracy;
@@ -240,7 +282,8 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   }
   if (start_epoch >= o.epochs) {
     return InvalidArgumentError(resume_file.string() + " has already finished " +
-                                std::to_string(start_epoch) + " epochs; raise --epochs to continue");
+                                std::to_string(start_epoch) +
+                                " epochs; raise --epochs to continue");
   }
 
   data::LoaderOptions lo;
@@ -264,15 +307,17 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   summary.out_dir = o.out_dir;
   summary.parameters = CountParameters(*model);
   double train_seconds = 0.0;
+  double data_seconds = 0.0;  // in this process: time spent preparing batches
   for (const auto& h : history) train_seconds += h.seconds;
 
   if (progress != nullptr) {
     *progress << "training " << o.arch << " (" << summary.parameters << " parameters) on "
-              << train_set.size() << " images, validating on " << val_set.size() << "; "
-              << o.epochs << " epochs x " << steps_per_epoch << " batches of " << o.batch_size
-              << ", " << o.threads << " threads" << (o.channels_last ? ", channels-last" : "")
-              << (o.resume ? ", resumed at epoch " + std::to_string(start_epoch + 1) +
-                                 " batch " + std::to_string(start_batch)
+              << train_set.size() << " images, validating on " << val_set.size() << "; " << o.epochs
+              << " epochs x " << steps_per_epoch << " batches of " << o.batch_size << ", "
+              << o.threads << " threads, " << o.precision
+              << (o.channels_last ? ", channels-last" : "")
+              << (o.resume ? ", resumed at epoch " + std::to_string(start_epoch + 1) + " batch " +
+                                 std::to_string(start_batch)
                            : "")
               << "\n";
   }
@@ -305,17 +350,25 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
         const int64_t step = epoch * steps_per_epoch + b;
         lr = LearningRateAt(o, step, total_steps);
         SetLearningRate(*optimizer, lr);
+        const auto fill_start = std::chrono::steady_clock::now();
         loader.FillBatch(epoch, b, images.data_ptr<float>(), labels.data_ptr<int64_t>());
+        data_seconds +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - fill_start).count();
         auto x = o.channels_last ? images.contiguous(torch::MemoryFormat::ChannelsLast) : images;
         optimizer->zero_grad();
-        auto logits = model->forward(x);
+        torch::Tensor logits;
+        {
+          Bf16Autocast autocast(bf16);
+          logits = model->forward(x);
+        }
+        logits = logits.to(torch::kFloat);
         auto loss = torch::nn::functional::cross_entropy(logits, labels, loss_options);
         loss.backward();
         optimizer->step();
         const double l = loss.item<double>();
         if (!std::isfinite(l)) {
-          return InvalidArgumentError("training diverged (loss " + std::to_string(l) + ") at epoch " +
-                                      std::to_string(epoch + 1) + "; lower --lr");
+          return InvalidArgumentError("training diverged (loss " + std::to_string(l) +
+                                      ") at epoch " + std::to_string(epoch + 1) + "; lower --lr");
         }
         loss_sum += l * static_cast<double>(o.batch_size);
         correct += logits.argmax(1).eq(labels).sum().item<int64_t>();
@@ -340,17 +393,20 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
     m.train_accuracy = seen > 0 ? static_cast<double>(correct) / static_cast<double>(seen) : 0.0;
     m.images_per_second = step_seconds > 0 ? static_cast<double>(seen) / step_seconds : 0.0;
     if (val_set.size() > 0) {
-      KILN_ASSIGN_OR_RETURN(EvalResult val, Evaluate(*model, val_set, norm, num_classes, eval_options));
+      KILN_ASSIGN_OR_RETURN(EvalResult val,
+                            Evaluate(*model, val_set, norm, num_classes, eval_options));
       m.val_loss = val.loss;
       m.val_accuracy = val.accuracy;
     }
-    m.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
+    m.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_start).count();
     train_seconds += m.seconds;
     history.push_back(m);
     if (bar) {
       char text[128];
       const double per_epoch = train_seconds / static_cast<double>(history.size());
-      const std::string eta = ProgressBar::FormatDuration(per_epoch * static_cast<double>(o.epochs - epoch - 1));
+      const std::string eta =
+          ProgressBar::FormatDuration(per_epoch * static_cast<double>(o.epochs - epoch - 1));
       std::snprintf(text, sizeof text, "loss %.3f acc %.1f%%  val %.2f%%  run eta %s", m.train_loss,
                     100 * m.train_accuracy, 100 * m.val_accuracy, eta.c_str());
       bar->Finish(text);
@@ -381,6 +437,7 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   summary.best_epoch = meta.best_epoch;
   summary.best_val_accuracy = meta.best_val_accuracy;
   summary.train_seconds = train_seconds;
+  summary.data_seconds = data_seconds;
   // Median over epochs of training-step throughput (validation time excluded).
   std::vector<double> rates;
   for (const auto& h : history) rates.push_back(h.images_per_second);
@@ -388,8 +445,9 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   summary.train_images_per_second = rates.empty() ? 0.0 : rates[rates.size() / 2];
   summary.checkpoint_bytes = static_cast<int64_t>(fs::file_size(best_file, ec));
 
-  KILN_RETURN_IF_ERROR(PlotTrainingCurves(history, o.out_dir / "training_curve.png",
-                                          o.arch + " on " + fs::path(dataset.source).filename().string()));
+  KILN_RETURN_IF_ERROR(
+      PlotTrainingCurves(history, o.out_dir / "training_curve.png",
+                         o.arch + " on " + fs::path(dataset.source).filename().string()));
   summary.wall_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_start).count();
 
@@ -411,6 +469,8 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
             {"wall_seconds", summary.wall_seconds},
             {"train_seconds", summary.train_seconds},
             {"train_images_per_second", summary.train_images_per_second},
+            {"data_loading_seconds", summary.data_seconds},
+            {"precision", o.precision},
             {"parameters", summary.parameters},
             {"checkpoint_bytes", summary.checkpoint_bytes},
             {"normalization", {{"mean", norm.mean}, {"std", norm.std}}},

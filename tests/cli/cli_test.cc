@@ -12,7 +12,9 @@ namespace {
 namespace fs = std::filesystem;
 using testing::RunKiln;
 
-bool Contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+bool Contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
 
 TEST(CliTest, EveryCommandHasHelp) {
   for (const char* cmd : {"", "data", "data verify", "data fetch", "train", "eval", "version"}) {
@@ -34,10 +36,12 @@ TEST(CliTest, WrongArgumentsExitNonZeroWithAHelpfulMessage) {
       {"train --arch vgg", 2, "vgg"},
       {"train --epochs 0", 2, "--epochs must be positive"},
       {"train --optimizer rmsprop", 2, "rmsprop"},
+      {"train --precision fp16", 2, "fp16"},
       {"train --epochs many", 2, "--epochs"},
       {"eval", 2, "--checkpoint is required"},
       {"data", 2, "A subcommand is required"},
-      {"data verify --data /nonexistent/cifar.tar.gz", 1, "/nonexistent/cifar.tar.gz: no such file"},
+      {"data verify --data /nonexistent/cifar.tar.gz", 1,
+       "/nonexistent/cifar.tar.gz: no such file"},
       {"eval --checkpoint /nonexistent.ckpt", 1, "no such checkpoint"},
   };
   for (const auto& c : cases) {
@@ -70,14 +74,16 @@ TEST(CliTest, VersionReportsTheEngines) {
 TEST(CliTest, TrainThenEval) {
   testing::TempDir dir;
   const std::string data = "--data '" + testing::DataArchive().string() + "'";
-  auto t = RunKiln("train " + data + " --arch seed-cnn --epochs 1 --train-limit 1000 --validation-size 500 --out '" +
+  auto t = RunKiln("train " + data +
+                   " --arch seed-cnn --epochs 1 --train-limit 1000 --validation-size 500 --out '" +
                    dir.path().string() + "'");
   ASSERT_EQ(t.exit_code, 0) << t.output;
   EXPECT_TRUE(Contains(t.output, "test accuracy")) << t.output;
   EXPECT_TRUE(Contains(t.output, "epoch 1/1")) << t.output;
   auto summary = nlohmann::json::parse(std::ifstream(dir.path() / "summary.json"));
 
-  auto e = RunKiln("eval --json " + data + " --checkpoint '" + (dir.path() / "best.ckpt").string() + "'");
+  auto e = RunKiln("eval --json " + data + " --checkpoint '" + (dir.path() / "best.ckpt").string() +
+                   "'");
   ASSERT_EQ(e.exit_code, 0) << e.output;
   auto j = nlohmann::json::parse(e.output);
   EXPECT_DOUBLE_EQ(j.at("accuracy").get<double>(), summary.at("test_accuracy").get<double>());
@@ -88,7 +94,8 @@ TEST(CliTest, TrainThenEval) {
   }
   EXPECT_EQ(total, 10000);
 
-  auto text = RunKiln("eval " + data + " --checkpoint '" + (dir.path() / "best.ckpt").string() + "'");
+  auto text =
+      RunKiln("eval " + data + " --checkpoint '" + (dir.path() / "best.ckpt").string() + "'");
   EXPECT_EQ(text.exit_code, 0);
   EXPECT_TRUE(Contains(text.output, "confusion matrix")) << text.output;
 }
@@ -96,9 +103,10 @@ TEST(CliTest, TrainThenEval) {
 // Ctrl-C saves a resumable checkpoint and exits cleanly; --resume finishes the run.
 TEST(CliTest, SigintSavesAndResumeFinishes) {
   testing::TempDir dir;
-  const std::string args = "train --data '" + testing::DataArchive().string() +
-                           "' --arch seed-cnn --epochs 4 --train-limit 2000 --validation-size 500 --out '" +
-                           dir.path().string() + "'";
+  const std::string args =
+      "train --data '" + testing::DataArchive().string() +
+      "' --arch seed-cnn --epochs 4 --train-limit 2000 --validation-size 500 --out '" +
+      dir.path().string() + "'";
   const std::string bin = testing::KilnBinary();
   const fs::path log = dir.path() / "log";
   // Start in the background, interrupt as soon as epoch 2 starts, report the exit status.

@@ -32,10 +32,10 @@ TEST(StatusTest, OkAndErrorStrings) {
 }
 
 TEST(StatusTest, EveryCodeHasAName) {
-  const StatusCode codes[] = {StatusCode::kInvalidArgument, StatusCode::kNotFound,
-                              StatusCode::kAlreadyExists,   StatusCode::kUnavailable,
+  const StatusCode codes[] = {StatusCode::kInvalidArgument,   StatusCode::kNotFound,
+                              StatusCode::kAlreadyExists,     StatusCode::kUnavailable,
                               StatusCode::kResourceExhausted, StatusCode::kUnimplemented,
-                              StatusCode::kCancelled,       StatusCode::kInternal};
+                              StatusCode::kCancelled,         StatusCode::kInternal};
   for (StatusCode c : codes) EXPECT_NE(StatusCodeName(c), "unknown");
 }
 

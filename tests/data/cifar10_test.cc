@@ -34,7 +34,8 @@ class Cifar10CorruptionTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::TempDir();
-    std::string cmd = "tar -xzf '" + testing::DataArchive().string() + "' -C '" + dir_->path().string() + "'";
+    std::string cmd =
+        "tar -xzf '" + testing::DataArchive().string() + "' -C '" + dir_->path().string() + "'";
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     good_ = dir_->path() / "cifar-10-batches-bin";
     ASSERT_TRUE(fs::exists(good_ / "data_batch_1.bin"));
@@ -80,10 +81,10 @@ TEST_F(Cifar10CorruptionTest, ExtractedFolderReadsLikeTheArchive) {
 
 struct CorruptionCase {
   const char* name;
-  const char* file;          // the file replaced, or left out when `mutate` is null
+  const char* file;  // the file replaced, or left out when `mutate` is null
   std::function<std::string(std::string)> mutate;  // good bytes -> written bytes; null = delete
   StatusCode code;
-  const char* message;       // expected substring
+  const char* message;  // expected substring
 };
 
 TEST_F(Cifar10CorruptionTest, BadFilesFailWithTheirNameAndReason) {
@@ -98,10 +99,13 @@ TEST_F(Cifar10CorruptionTest, BadFilesFailWithTheirNameAndReason) {
          return s;
        },
        StatusCode::kInvalidArgument, "data_batch_3.bin: record 17 has label 11"},
-      {"missing batch", "data_batch_4.bin", nullptr, StatusCode::kNotFound, "data_batch_4.bin: missing"},
-      {"missing names", "batches.meta.txt", nullptr, StatusCode::kNotFound, "batches.meta.txt: missing"},
-      {"nine names", "batches.meta.txt", [](std::string s) { return s.substr(0, s.rfind("truck")); },
-       StatusCode::kInvalidArgument, "batches.meta.txt: 9 class names, expected 10"},
+      {"missing batch", "data_batch_4.bin", nullptr, StatusCode::kNotFound,
+       "data_batch_4.bin: missing"},
+      {"missing names", "batches.meta.txt", nullptr, StatusCode::kNotFound,
+       "batches.meta.txt: missing"},
+      {"nine names", "batches.meta.txt",
+       [](std::string s) { return s.substr(0, s.rfind("truck")); }, StatusCode::kInvalidArgument,
+       "batches.meta.txt: 9 class names, expected 10"},
   };
   for (const auto& c : cases) {
     SCOPED_TRACE(c.name);
@@ -161,10 +165,12 @@ TEST(Cifar10Test, ValidationSplitIsDisjointAndSeeded) {
   // Together the two halves hold every image exactly once.
   std::vector<std::string> all;
   for (const ImageSet* s : {&a->first, &a->second}) {
-    for (int64_t i = 0; i < s->size(); ++i) all.emplace_back(reinterpret_cast<const char*>(s->image(i)), 3072);
+    for (int64_t i = 0; i < s->size(); ++i)
+      all.emplace_back(reinterpret_cast<const char*>(s->image(i)), 3072);
   }
   std::vector<std::string> want;
-  for (int64_t i = 0; i < small.size(); ++i) want.emplace_back(reinterpret_cast<const char*>(small.image(i)), 3072);
+  for (int64_t i = 0; i < small.size(); ++i)
+    want.emplace_back(reinterpret_cast<const char*>(small.image(i)), 3072);
   std::sort(all.begin(), all.end());
   std::sort(want.begin(), want.end());
   EXPECT_EQ(all, want);

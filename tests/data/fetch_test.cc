@@ -39,8 +39,9 @@ TEST(FetchTest, ChecksumMismatchIsAnErrorAndLeavesNothing) {
   auto got = FetchArchive(o, nullptr);
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(got.status().message().find("does not match the published c32a1d4ab5d03f1284b67883e8d87530"),
-            std::string::npos)
+  EXPECT_NE(
+      got.status().message().find("does not match the published c32a1d4ab5d03f1284b67883e8d87530"),
+      std::string::npos)
       << got.status().ToString();
   EXPECT_TRUE(fs::is_empty(dir.path()));
 }
@@ -54,7 +55,8 @@ TEST(FetchTest, UnreachableServerSaysHowToProceedOffline) {
   auto got = FetchArchive(o, nullptr);
   ASSERT_FALSE(got.ok());
   EXPECT_EQ(got.status().code(), StatusCode::kUnavailable);
-  EXPECT_NE(got.status().message().find("--data/--archive"), std::string::npos) << got.status().ToString();
+  EXPECT_NE(got.status().message().find("--data/--archive"), std::string::npos)
+      << got.status().ToString();
   EXPECT_TRUE(fs::is_empty(dir.path()));
 }
 

@@ -17,7 +17,8 @@ ImageSet FirstImages(int64_t n) {
   return testing::SharedDataset().train.Subset(idx);
 }
 
-std::vector<float> Batch(BatchLoader& loader, int64_t epoch, int64_t b, std::vector<int64_t>* labels) {
+std::vector<float> Batch(BatchLoader& loader, int64_t epoch, int64_t b,
+                         std::vector<int64_t>* labels) {
   std::vector<float> images(static_cast<size_t>(loader.BatchSize() * kPixels));
   labels->assign(static_cast<size_t>(loader.BatchSize()), -1);
   loader.FillBatch(epoch, b, images.data(), labels->data());
@@ -146,7 +147,9 @@ TEST(LoaderTest, FlipAndCropDoWhatTheySay) {
         for (int64_t k = 0; k < kPixels && match; ++k) {
           const int64_t ch = k / 1024, y = (k % 1024) / 32, x = k % 32;
           const int64_t sy = y + dy, sx = x + dx;
-          const int want = (sy >= 0 && sy < 32 && sx >= 0 && sx < 32) ? set.image(i)[ch * 1024 + sy * 32 + sx] : 0;
+          const int want = (sy >= 0 && sy < 32 && sx >= 0 && sx < 32)
+                               ? set.image(i)[ch * 1024 + sy * 32 + sx]
+                               : 0;
           match = std::lround(out[i * kPixels + k] * 255.0F) == want;
         }
         found = match;

@@ -52,7 +52,8 @@ TEST(CheckpointTest, SaveLoadRoundTripIsExact) {
     EXPECT_TRUE(torch::equal((*model)->forward(x), loaded->model->forward(x)));
 
     // The optimizer state restores into a fresh optimizer over the loaded model.
-    torch::optim::SGD fresh(loaded->model->parameters(), torch::optim::SGDOptions(0.1).momentum(0.9));
+    torch::optim::SGD fresh(loaded->model->parameters(),
+                            torch::optim::SGDOptions(0.1).momentum(0.9));
     KILN_ASSERT_OK(LoadOptimizerState(dir.path() / "m.ckpt", fresh));
   }
 }
@@ -110,8 +111,8 @@ TEST(ModelsTest, SeedCnnIsTheReferenceArchitecture) {
   auto m = CreateModel("seed-cnn", {});
   KILN_ASSERT_RESULT_OK(m);
   // conv 3->32, 32->64, 64->128 (3x3 + bias), fc 2048->256, 256->10.
-  const int64_t want = (3 * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (64 * 9 * 128 + 128) + (2048 * 256 + 256) +
-                       (256 * 10 + 10);
+  const int64_t want = (3 * 9 * 32 + 32) + (32 * 9 * 64 + 64) + (64 * 9 * 128 + 128) +
+                       (2048 * 256 + 256) + (256 * 10 + 10);
   EXPECT_EQ(CountParameters(**m), want);
   (*m)->eval();
   torch::NoGradGuard ng;

@@ -32,7 +32,8 @@ torch::Tensor TestLogits(const fs::path& ckpt_file, int64_t n) {
   EXPECT_TRUE(ckpt.ok()) << ckpt.status().ToString();
   std::vector<int64_t> idx(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) idx[static_cast<size_t>(i)] = i;
-  auto logits = PredictLogits(*ckpt->model, testing::SharedDataset().test.Subset(idx), ckpt->meta.normalization);
+  auto logits = PredictLogits(*ckpt->model, testing::SharedDataset().test.Subset(idx),
+                              ckpt->meta.normalization);
   EXPECT_TRUE(logits.ok()) << logits.status().ToString();
   return *logits;
 }
@@ -47,7 +48,8 @@ TEST(TrainerTest, ShortRunLearnsAndWritesEverything) {
   EXPECT_GT(summary->test_accuracy, 0.25);
   EXPECT_GT(summary->train_images_per_second, 0);
   EXPECT_EQ(summary->parameters, 620362);  // seed-cnn: 3 convs + 2048->256->10
-  for (const char* f : {"best.ckpt", "model.ckpt", "resume.ckpt", "metrics.csv", "training_curve.png", "summary.json"}) {
+  for (const char* f : {"best.ckpt", "model.ckpt", "resume.ckpt", "metrics.csv",
+                        "training_curve.png", "summary.json"}) {
     EXPECT_TRUE(fs::exists(dir.path() / f)) << f;
   }
   std::ifstream png(dir.path() / "training_curve.png", std::ios::binary);
@@ -128,6 +130,7 @@ TEST(TrainerTest, OptionsAreValidated) {
       {"lr", [](TrainOptions& o) { o.lr = 0; }, "--lr"},
       {"smoothing", [](TrainOptions& o) { o.label_smoothing = 1.5; }, "--label-smoothing"},
       {"threads", [](TrainOptions& o) { o.threads = 0; }, "--threads"},
+      {"precision", [](TrainOptions& o) { o.precision = "fp16"; }, "--precision"},
   };
   for (const auto& c : cases) {
     TrainOptions o;

@@ -26,7 +26,7 @@ namespace kiln::data {
 inline constexpr int64_t kCifarSide = 32;
 inline constexpr int64_t kCifarChannels = 3;
 inline constexpr int64_t kCifarImageBytes = kCifarChannels * kCifarSide * kCifarSide;  // 3072
-inline constexpr int64_t kCifarRecordBytes = 1 + kCifarImageBytes;                      // 3073
+inline constexpr int64_t kCifarRecordBytes = 1 + kCifarImageBytes;                     // 3073
 inline constexpr int64_t kCifarRecordsPerBatch = 10000;
 inline constexpr int64_t kCifarClasses = 10;
 
@@ -56,7 +56,7 @@ struct ImageSet {
 
 // What verification found in one file of the data set.
 struct FileReport {
-  std::string name;       // e.g. "data_batch_1.bin"
+  std::string name;  // e.g. "data_batch_1.bin"
   int64_t bytes = 0;
   int64_t records = 0;
 };

@@ -37,15 +37,15 @@ void NormalizeImage(const uint8_t* chw, int64_t channels, int64_t hw, const Norm
 struct AugmentOptions {
   bool random_crop = true;  // pad by `pad` pixels (zeros) and crop back at a random offset
   int64_t pad = 4;
-  bool flip = true;         // horizontal flip with probability 1/2
-  int64_t cutout = 0;       // side of a square set to the mean (0 after normalization); 0 = off
+  bool flip = true;    // horizontal flip with probability 1/2
+  int64_t cutout = 0;  // side of a square set to the mean (0 after normalization); 0 = off
 };
 
 struct LoaderOptions {
   int64_t batch_size = 256;
   bool shuffle = true;
-  bool drop_last = true;   // drop an incomplete final batch (training); false for evaluation
-  bool augment = true;     // apply `augmentation`
+  bool drop_last = true;  // drop an incomplete final batch (training); false for evaluation
+  bool augment = true;    // apply `augmentation`
   AugmentOptions augmentation;
   uint64_t seed = 0;
 

@@ -36,7 +36,7 @@ struct CheckpointMeta {
   int64_t best_epoch = 0;
   std::string kiln_version;
   std::string torch_version;
-  std::string created;             // ISO-8601 UTC
+  std::string created;  // ISO-8601 UTC
 };
 
 struct Checkpoint {

@@ -37,12 +37,12 @@
 namespace kiln::train {
 
 struct TrainOptions {
-  std::string arch = "kiln-resnet";   // see ArchitectureNames()
-  int64_t epochs = 10;
+  std::string arch = "kiln-resnet";  // see ArchitectureNames()
+  int64_t epochs = 14;
   int64_t batch_size = 512;
-  std::string optimizer = "sgd";      // "sgd" (Nesterov momentum) or "adamw"
-  double lr = 0.4;                    // peak learning rate
-  double momentum = 0.9;              // SGD momentum / AdamW beta1
+  std::string optimizer = "sgd";  // "sgd" (Nesterov momentum) or "adamw"
+  double lr = 0.4;                // peak learning rate
+  double momentum = 0.9;          // SGD momentum / AdamW beta1
   double weight_decay = 5e-4;
   std::string schedule = "onecycle";  // "onecycle" (linear up, linear down) or "cosine"
   double warmup_fraction = 0.25;      // share of all steps spent warming up
@@ -52,12 +52,19 @@ struct TrainOptions {
   int64_t train_limit = 0;            // use only the first N training images (0 = all); tests
   int64_t threads = 2;                // libtorch intra-op threads
   bool channels_last = true;          // NHWC activations and weights (faster with oneDNN)
+  // Compute precision of training steps: "fp32", "bf16" (autocast: convolutions and matrix
+  // products in bfloat16, weights, optimizer and loss in float32), or "auto" (bf16 where the CPU
+  // has native bfloat16 dot products, AVX512-BF16 or AMX; else fp32). Evaluation, checkpoints and
+  // exported models are always float32.
+  std::string precision = "auto";
   uint64_t seed = 1;
   std::filesystem::path out_dir = "runs/train";
-  bool resume = false;                // continue from out_dir/resume.ckpt
+  bool resume = false;  // continue from out_dir/resume.ckpt
 
   // Recommended settings for an architecture (epochs, batch, lr, ...); other fields default.
   static TrainOptions ForArch(const std::string& arch);
+  // "fp32" or "bf16": what `precision` means on this CPU.
+  std::string ResolvedPrecision() const;
   Status Validate() const;
   std::string ToJson() const;
 };
@@ -79,9 +86,10 @@ struct TrainSummary {
   std::vector<double> per_class_test_accuracy;
   int64_t best_epoch = 0;
   double best_val_accuracy = 0.0;
-  double wall_seconds = 0.0;       // whole command: load, train, evaluate, write
-  double train_seconds = 0.0;      // time inside training steps and validation
+  double wall_seconds = 0.0;   // whole command: load, train, evaluate, write
+  double train_seconds = 0.0;  // time inside training steps and validation
   double train_images_per_second = 0.0;
+  double data_seconds = 0.0;  // preparing batches (augmentation, normalization)
   int64_t parameters = 0;
   int64_t checkpoint_bytes = 0;
   std::filesystem::path out_dir;
