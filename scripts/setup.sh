@@ -109,7 +109,8 @@ STAMP="$ORT_DIR/.provisioned-${ORT_NPM_VERSION}-${ORT_DEB_VERSION}"
 if [ -f "/usr/lib/${MULTIARCH}/cmake/onnxruntime/onnxruntimeConfig.cmake" ] \
     && ls "/usr/lib/${MULTIARCH}"/libonnxruntime.so* >/dev/null 2>&1; then
   say "ONNX Runtime: using the system installation"
-elif [ -f "$STAMP" ]; then
+elif [ -f "$STAMP" ] && [ -f "$ORT_DIR/lib/libonnxruntime.so.1" ] \
+    && [ -f "$ORT_DIR/include/onnxruntime_cxx_api.h" ]; then
   say "ONNX Runtime: already provisioned in third_party/onnxruntime"
 else
   [ "$CHECK_ONLY" -eq 1 ] && { echo "ONNX Runtime not provisioned"; exit 1; }

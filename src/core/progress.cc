@@ -63,6 +63,8 @@ void ProgressBar::Finish(const std::string& text) {
   Draw(text, true);
 }
 
+void ProgressBar::Stop(const std::string& text) { Draw(text, true); }
+
 void ProgressBar::Draw(const std::string& text, bool final_line) {
   constexpr int kWidth = 24;
   double elapsed = ElapsedSeconds();

@@ -37,7 +37,8 @@ class ConvBnImpl : public nn::Module {
   ConvBnImpl(int64_t in, int64_t out)
       : conv(register_module("conv",
                              nn::Conv2d(nn::Conv2dOptions(in, out, 3).padding(1).bias(false)))),
-        bn(register_module("bn", nn::BatchNorm2d(out))) {}
+        bn(register_module("bn", nn::BatchNorm2d(nn::BatchNorm2dOptions(out).eps(kBatchNormEps)))) {
+  }
   torch::Tensor forward(torch::Tensor x) { return torch::relu(bn->forward(conv->forward(x))); }
   nn::Conv2d conv;
   nn::BatchNorm2d bn;
@@ -67,12 +68,9 @@ class ResNet9 : public Classifier {
     x = torch::max_pool2d(layer3_->forward(x), 2);
     x = x + res3b_->forward(res3a_->forward(x));
     x = torch::amax(x, {2, 3});  // global max-pool
-    return fc_->forward(x) * kHeadScale;
+    return fc_->forward(x) * kResNetHeadScale;
   }
   const std::string& arch() const override { return name_; }
-
-  // Scaling the logits keeps the initial softmax soft (DAWNBench ResNet-9's trick).
-  static constexpr double kHeadScale = 0.125;
 
  private:
   std::string name_;

@@ -342,7 +342,7 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
           meta.created = NowIso();
           KILN_RETURN_IF_ERROR(SaveCheckpoint(resume_file, meta, *model, optimizer.get()));
           KILN_RETURN_IF_ERROR(WriteMetricsCsv(o.out_dir / "metrics.csv", history));
-          if (bar) bar->Finish("interrupted");
+          if (bar) bar->Stop("interrupted");
           return CancelledError("interrupted at epoch " + std::to_string(epoch + 1) + ", batch " +
                                 std::to_string(b) + "; saved " + resume_file.string() +
                                 " (continue with --resume)");

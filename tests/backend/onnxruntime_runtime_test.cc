@@ -1,8 +1,7 @@
-#include "kiln/backend/onnxruntime_runtime.h"
-
 #include <gtest/gtest.h>
 
 #include "../test_util.h"
+#include "kiln/backend/onnxruntime_backend.h"
 
 namespace kiln::backend {
 namespace {

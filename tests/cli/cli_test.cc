@@ -17,7 +17,8 @@ bool Contains(const std::string& s, const std::string& part) {
 }
 
 TEST(CliTest, EveryCommandHasHelp) {
-  for (const char* cmd : {"", "data", "data verify", "data fetch", "train", "eval", "version"}) {
+  for (const char* cmd :
+       {"", "data", "data verify", "data fetch", "train", "eval", "export", "version"}) {
     auto r = RunKiln(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd << "\n" << r.output;
     EXPECT_TRUE(Contains(r.output, "Usage")) << cmd << "\n" << r.output;
@@ -70,8 +71,8 @@ TEST(CliTest, VersionReportsTheEngines) {
   EXPECT_TRUE(Contains(r.output, "onnxruntime 1.")) << r.output;
 }
 
-// train -> eval end to end on a tiny subset; eval reproduces the accuracy train reported.
-TEST(CliTest, TrainThenEval) {
+// train -> eval -> export end to end on a tiny subset; eval reproduces the accuracy train reported.
+TEST(CliTest, TrainEvalExport) {
   testing::TempDir dir;
   const std::string data = "--data '" + testing::DataArchive().string() + "'";
   auto t = RunKiln("train " + data +

@@ -23,8 +23,10 @@ class ProgressBar {
 
   // Sets progress to `done` (0..total) with free text appended after the bar.
   void Update(int64_t done, const std::string& text = "");
-  // Draws the final state and ends the line.
+  // Draws the completed bar and ends the line.
   void Finish(const std::string& text = "");
+  // Ends the line where the bar stands (work stopped before the end).
+  void Stop(const std::string& text = "");
 
   double ElapsedSeconds() const;
 

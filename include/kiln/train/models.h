@@ -37,6 +37,11 @@ class Classifier : public torch::nn::Module {
   virtual const std::string& arch() const = 0;
 };
 
+// Batch-norm epsilon used by every architecture (libtorch's default), and the factor ResNet-9
+// scales its logits by (keeps the initial softmax soft). Exporters fold both into weights.
+inline constexpr double kBatchNormEps = 1e-5;
+inline constexpr double kResNetHeadScale = 0.125;
+
 std::vector<std::string> ArchitectureNames();
 
 // Creates a freshly initialised model. Unknown names and impossible shapes are InvalidArgument.

@@ -1,0 +1,83 @@
+// InferenceBackend: one interface over the engines that run an exported model.
+//
+//   kiln::backend::BackendOptions opt;
+//   opt.model_path = "model.onnx";
+//   KILN_ASSIGN_OR_RETURN(auto engine, kiln::backend::CreateBackend("onnxruntime", opt));
+//   const auto& in = engine->inputs()[0];            // name, dtype, shape (-1 = dynamic)
+//   std::vector<float> logits(batch * engine->OutputElementsPerSample());
+//   KILN_RETURN_IF_ERROR(engine->Run(images.data(), batch, logits.data()));
+//
+// Calls are batch-first and write into buffers the caller owns: `input` holds `batch` samples of
+// InputElementsPerSample() floats, `output` has room for `batch` * OutputElementsPerSample().
+// A backend discovers its input/output names, shapes and types from the model file. Run() is
+// not guaranteed thread-safe: use one backend per thread (the server runs one per instance).
+// Engine exceptions never escape: every failure is a Status (a missing file is NotFound, a bad
+// model or a wrong batch InvalidArgument, an engine failure Internal).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/core/status.h"
+
+namespace kiln::backend {
+
+enum class DataType { kFloat32, kFloat16, kInt8, kUInt8, kInt32, kInt64, kOther };
+std::string_view DataTypeName(DataType t);  // "FP32", ... (KServe v2 names)
+
+struct TensorInfo {
+  std::string name;
+  DataType dtype = DataType::kFloat32;
+  std::vector<int64_t> shape;  // -1 for a dynamic dimension
+};
+
+struct Capabilities {
+  bool dynamic_batch = false;  // first dimension of input and output is dynamic
+  int64_t max_batch = 0;       // 0 = no limit of the backend's own
+  std::string device = "cpu";
+};
+
+struct BackendOptions {
+  std::string model_path;
+  int intra_op_threads = 2;
+  int inter_op_threads = 1;
+  // onnxruntime: graph optimization "disable" | "basic" | "extended" | "all".
+  std::string graph_optimization = "all";
+  bool parallel_execution = false;  // onnxruntime: ORT_PARALLEL instead of ORT_SEQUENTIAL
+  bool memory_arena = true;         // onnxruntime: CPU memory arena
+  bool memory_pattern = true;       // onnxruntime: memory pattern planning
+  // onnxruntime: let idle pool threads spin. Off by default: spinning threads fight libtorch's
+  // OpenMP threads for 2 cores (seen: a 58 s epoch became 700 s).
+  bool allow_spinning = false;
+  std::string optimized_model_path;  // onnxruntime: save the optimized graph here if set
+
+  Status Validate() const;
+};
+
+class InferenceBackend {
+ public:
+  virtual ~InferenceBackend() = default;
+
+  virtual const std::string& name() const = 0;  // "onnxruntime", "libtorch"
+  virtual const std::vector<TensorInfo>& inputs() const = 0;
+  virtual const std::vector<TensorInfo>& outputs() const = 0;
+  virtual Capabilities capabilities() const = 0;
+
+  // Floats per sample of the first input / first output (product of non-batch dimensions).
+  int64_t InputElementsPerSample() const;
+  int64_t OutputElementsPerSample() const;
+
+  // Runs the model on `batch` samples of the first input, writing the first output.
+  virtual Status Run(const float* input, int64_t batch, float* output) = 0;
+};
+
+// Creates a backend by name ("onnxruntime"; more as they are built). Unknown names are
+// InvalidArgument listing the known ones.
+Result<std::unique_ptr<InferenceBackend>> CreateBackend(const std::string& name,
+                                                        const BackendOptions& options);
+
+std::vector<std::string> BackendNames();
+
+}  // namespace kiln::backend

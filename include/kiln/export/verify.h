@@ -1,0 +1,29 @@
+// Checking an exported model against the libtorch model it came from.
+//
+// Runs both on every image of `images` and compares logits: the export is accepted when the
+// largest absolute difference is <= `tolerance` and every image gets the same top-1 class.
+// A mismatch is an InvalidArgument Status carrying the numbers; the report is filled either way.
+#pragma once
+
+#include <string>
+
+#include "kiln/backend/inference_backend.h"
+#include "kiln/core/status.h"
+#include "kiln/data/cifar10.h"
+#include "kiln/train/checkpoint.h"
+
+namespace kiln::exporter {
+
+struct ParityReport {
+  std::string backend;
+  int64_t images = 0;
+  double max_abs_diff = 0.0;
+  int64_t top1_mismatches = 0;
+  double accuracy = 0.0;  // of the exported model on `images`
+};
+
+Status CheckParity(const train::Checkpoint& checkpoint, backend::InferenceBackend& engine,
+                   const data::ImageSet& images, double tolerance, ParityReport* report,
+                   int64_t batch_size = 256);
+
+}  // namespace kiln::exporter

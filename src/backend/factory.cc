@@ -1,0 +1,17 @@
+// CreateBackend: the one place that knows every backend implementation.
+#include "kiln/backend/inference_backend.h"
+#include "kiln/backend/onnxruntime_backend.h"
+
+namespace kiln::backend {
+
+std::vector<std::string> BackendNames() { return {"onnxruntime"}; }
+
+Result<std::unique_ptr<InferenceBackend>> CreateBackend(const std::string& name,
+                                                        const BackendOptions& options) {
+  if (name == "onnxruntime") return CreateOnnxRuntimeBackend(options);
+  std::string known;
+  for (const auto& n : BackendNames()) known += (known.empty() ? "" : ", ") + n;
+  return InvalidArgumentError("unknown backend '" + name + "' (known: " + known + ")");
+}
+
+}  // namespace kiln::backend

@@ -1,0 +1,157 @@
+#include <onnxruntime_cxx_api.h>
+#include <onnxruntime_session_options_config_keys.h>
+
+#include <filesystem>
+#include <mutex>
+
+#include "kiln/backend/onnxruntime_backend.h"
+
+namespace kiln::backend {
+
+namespace {
+
+// One Ort::Env per process, created on first use (ORT requires it to outlive sessions).
+Ort::Env& SharedEnv() {
+  static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "kiln");
+  return env;
+}
+
+DataType FromOrt(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT:
+      return DataType::kFloat32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16:
+      return DataType::kFloat16;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8:
+      return DataType::kInt8;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8:
+      return DataType::kUInt8;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32:
+      return DataType::kInt32;
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64:
+      return DataType::kInt64;
+    default:
+      return DataType::kOther;
+  }
+}
+
+class OrtBackend : public InferenceBackend {
+ public:
+  static Result<std::unique_ptr<InferenceBackend>> Create(const BackendOptions& o) {
+    KILN_RETURN_IF_ERROR(o.Validate());
+    if (!std::filesystem::exists(o.model_path))
+      return NotFoundError(o.model_path + ": no such model file");
+    auto backend = std::unique_ptr<OrtBackend>(new OrtBackend());
+    try {
+      Ort::SessionOptions so;
+      so.SetIntraOpNumThreads(o.intra_op_threads);
+      so.SetInterOpNumThreads(o.inter_op_threads);
+      so.SetExecutionMode(o.parallel_execution ? ORT_PARALLEL : ORT_SEQUENTIAL);
+      GraphOptimizationLevel level = ORT_ENABLE_ALL;
+      if (o.graph_optimization == "disable") level = ORT_DISABLE_ALL;
+      if (o.graph_optimization == "basic") level = ORT_ENABLE_BASIC;
+      if (o.graph_optimization == "extended") level = ORT_ENABLE_EXTENDED;
+      so.SetGraphOptimizationLevel(level);
+      if (!o.memory_arena) so.DisableCpuMemArena();
+      if (!o.memory_pattern) so.DisableMemPattern();
+      so.AddConfigEntry(kOrtSessionOptionsConfigAllowIntraOpSpinning, o.allow_spinning ? "1" : "0");
+      so.AddConfigEntry(kOrtSessionOptionsConfigAllowInterOpSpinning, o.allow_spinning ? "1" : "0");
+      if (!o.optimized_model_path.empty())
+        so.SetOptimizedModelFilePath(o.optimized_model_path.c_str());
+      backend->session_ = std::make_unique<Ort::Session>(SharedEnv(), o.model_path.c_str(), so);
+      Ort::AllocatorWithDefaultOptions alloc;
+      for (size_t i = 0; i < backend->session_->GetInputCount(); ++i) {
+        Ort::TypeInfo type = backend->session_->GetInputTypeInfo(i);  // owns what `info` views
+        auto info = type.GetTensorTypeAndShapeInfo();
+        backend->inputs_.push_back({backend->session_->GetInputNameAllocated(i, alloc).get(),
+                                    FromOrt(info.GetElementType()), info.GetShape()});
+      }
+      for (size_t i = 0; i < backend->session_->GetOutputCount(); ++i) {
+        Ort::TypeInfo type = backend->session_->GetOutputTypeInfo(i);
+        auto info = type.GetTensorTypeAndShapeInfo();
+        backend->outputs_.push_back({backend->session_->GetOutputNameAllocated(i, alloc).get(),
+                                     FromOrt(info.GetElementType()), info.GetShape()});
+      }
+    } catch (const Ort::Exception& e) {
+      return InvalidArgumentError(o.model_path +
+                                  ": ONNX Runtime cannot load the model: " + e.what());
+    }
+    if (backend->inputs_.size() != 1 || backend->outputs_.empty()) {
+      return InvalidArgumentError(o.model_path +
+                                  ": expected exactly one input and at least one output, found " +
+                                  std::to_string(backend->inputs_.size()) + " inputs and " +
+                                  std::to_string(backend->outputs_.size()) + " outputs");
+    }
+    for (const TensorInfo* t : {&backend->inputs_[0], &backend->outputs_[0]}) {
+      if (t->dtype != DataType::kFloat32) {
+        return InvalidArgumentError(o.model_path + ": tensor '" + t->name + "' is " +
+                                    std::string(DataTypeName(t->dtype)) +
+                                    ", Kiln backends take FP32");
+      }
+      if (t->shape.empty())
+        return InvalidArgumentError(o.model_path + ": tensor '" + t->name + "' is a scalar");
+      for (size_t d = 1; d < t->shape.size(); ++d) {
+        if (t->shape[d] < 0) {
+          return InvalidArgumentError(o.model_path + ": tensor '" + t->name +
+                                      "' has a dynamic non-batch dimension");
+        }
+      }
+    }
+    return std::unique_ptr<InferenceBackend>(std::move(backend));
+  }
+
+  const std::string& name() const override { return name_; }
+  const std::vector<TensorInfo>& inputs() const override { return inputs_; }
+  const std::vector<TensorInfo>& outputs() const override { return outputs_; }
+  Capabilities capabilities() const override {
+    Capabilities c;
+    c.dynamic_batch = inputs_[0].shape[0] < 0 && outputs_[0].shape[0] < 0;
+    c.max_batch = c.dynamic_batch ? 0 : inputs_[0].shape[0];
+    return c;
+  }
+
+  Status Run(const float* input, int64_t batch, float* output) override {
+    const Capabilities caps = capabilities();
+    if (batch <= 0) return InvalidArgumentError("batch must be positive");
+    if (!caps.dynamic_batch && batch != caps.max_batch) {
+      return InvalidArgumentError("model '" + inputs_[0].name + "' has a fixed batch of " +
+                                  std::to_string(caps.max_batch) + ", got " +
+                                  std::to_string(batch));
+    }
+    try {
+      std::vector<int64_t> in_shape = inputs_[0].shape;
+      in_shape[0] = batch;
+      std::vector<int64_t> out_shape = outputs_[0].shape;
+      out_shape[0] = batch;
+      auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+      // Zero-copy: ORT reads the caller's input and writes into the caller's output buffer.
+      Ort::Value in = Ort::Value::CreateTensor<float>(
+          mem, const_cast<float*>(input), static_cast<size_t>(batch * InputElementsPerSample()),
+          in_shape.data(), in_shape.size());
+      Ort::Value out = Ort::Value::CreateTensor<float>(
+          mem, output, static_cast<size_t>(batch * OutputElementsPerSample()), out_shape.data(),
+          out_shape.size());
+      const char* in_name = inputs_[0].name.c_str();
+      const char* out_name = outputs_[0].name.c_str();
+      session_->Run(Ort::RunOptions{nullptr}, &in_name, &in, 1, &out_name, &out, 1);
+    } catch (const Ort::Exception& e) {
+      return InternalError(std::string("ONNX Runtime inference failed: ") + e.what());
+    }
+    return Status::Ok();
+  }
+
+ private:
+  OrtBackend() = default;
+  std::string name_ = "onnxruntime";
+  std::unique_ptr<Ort::Session> session_;
+  std::vector<TensorInfo> inputs_;
+  std::vector<TensorInfo> outputs_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<InferenceBackend>> CreateOnnxRuntimeBackend(const BackendOptions& options) {
+  return OrtBackend::Create(options);
+}
+
+}  // namespace kiln::backend
