@@ -45,6 +45,8 @@ PACKAGES=(
   libtorch-dev libopenblas0-openmp
   # data: tar.gz reading, checksums, downloads
   libarchive-dev libssl-dev libcurl4-openssl-dev
+  # GIF (Debian's OpenCV 4.6 has no GIF decoder); EXIF orientation is applied by OpenCV
+  libgif-dev libjpeg-dev zlib1g-dev
   # images (decode/resize, and PNG plots)
   libopencv-dev
   # ONNX graphs (export, optimize)

@@ -46,10 +46,11 @@ std::string KilnBinary() {
   return env != nullptr ? env : KILN_BINARY_DEFAULT;
 }
 
-CommandResult RunKiln(const std::string& args) {
+CommandResult RunKiln(const std::string& args, bool merge_stderr) {
   // Appended piecewise: GCC 12 at -O3 warns falsely (-Wrestrict) on a chain of `+`.
   std::string cmd = "'";
-  cmd.append(KilnBinary()).append("' ").append(args).append(" 2>&1");
+  cmd.append(KilnBinary()).append("' ").append(args);
+  if (merge_stderr) cmd.append(" 2>&1");
   CommandResult r;
   FILE* pipe = popen(cmd.c_str(), "r");
   if (pipe == nullptr) return r;

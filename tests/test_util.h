@@ -34,14 +34,15 @@ class TempDir {
 
 struct CommandResult {
   int exit_code = -1;
-  std::string output;  // stdout and stderr together
+  std::string output;
 };
 
 // Path of the kiln binary under test (env KILN_BINARY, set by CMake).
 std::string KilnBinary();
 
-// Runs `kiln <args>` through the shell and captures its output.
-CommandResult RunKiln(const std::string& args);
+// Runs `kiln <args>` through the shell and captures its output: stdout and stderr together, or
+// stdout alone when `merge_stderr` is false (stderr then goes to the test's own stderr).
+CommandResult RunKiln(const std::string& args, bool merge_stderr = true);
 
 }  // namespace kiln::testing
 

@@ -45,6 +45,26 @@ int64_t PerSample(const TensorInfo& t) {
 }
 }  // namespace
 
+namespace {
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i > 0 ? "," : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+}  // namespace
+
+Status InferenceBackend::ValidateInputShape(const std::vector<int64_t>& shape) const {
+  const std::vector<int64_t>& want = inputs().at(0).shape;
+  bool ok = shape.size() == want.size() && !shape.empty() && shape[0] > 0;
+  for (size_t d = 0; ok && d < shape.size(); ++d) ok = want[d] < 0 || want[d] == shape[d];
+  if (!ok) {
+    return InvalidArgumentError("input shape " + ShapeString(shape) +
+                                " does not match the model's " + ShapeString(want) + " for '" +
+                                inputs().at(0).name + "'");
+  }
+  return Status::Ok();
+}
+
 int64_t InferenceBackend::InputElementsPerSample() const { return PerSample(inputs().at(0)); }
 int64_t InferenceBackend::OutputElementsPerSample() const { return PerSample(outputs().at(0)); }
 

@@ -14,6 +14,7 @@ void RegisterDataCommand(CLI::App& app, Runner* run);
 void RegisterTrainCommand(CLI::App& app, Runner* run);
 void RegisterEvalCommand(CLI::App& app, Runner* run);
 void RegisterExportCommand(CLI::App& app, Runner* run);
+void RegisterPredictCommand(CLI::App& app, Runner* run);
 void RegisterVersionCommand(CLI::App& app, Runner* run);
 
 // Set by the first SIGINT/SIGTERM; long commands poll it and stop cleanly.

@@ -1,9 +1,13 @@
 // kiln eval
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "kiln/backend/inference_backend.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/train/checkpoint.h"
 #include "kiln/train/evaluate.h"
@@ -14,17 +18,95 @@ namespace {
 
 struct EvalArgs {
   std::string checkpoint;
+  std::string model;
+  std::string backend = "auto";
   std::string data = DefaultDataPath();
   int64_t batch_size = 500;
   int threads = 2;
   bool json = false;
 };
 
+// Test-set evaluation of an exported model file through an inference backend; normalization
+// and labels come from the file's Kiln metadata.
+Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
+    const EvalArgs& a, const data::ImageSet& test) {
+  std::string engine_name = a.backend;
+  if (engine_name == "auto") engine_name = a.model.ends_with(".pt") ? "libtorch" : "onnxruntime";
+  backend::BackendOptions bo;
+  bo.model_path = a.model;
+  bo.intra_op_threads = a.threads;
+  KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(engine_name, bo));
+  const auto& meta = engine->metadata();
+  if (meta.count("kiln.normalization") == 0 || meta.count("kiln.labels") == 0) {
+    return InvalidArgumentError(
+        a.model +
+        ": no Kiln metadata (kiln.normalization, kiln.labels); export it with kiln export");
+  }
+  data::Normalization norm;
+  std::vector<std::string> labels;
+  try {
+    auto n = nlohmann::json::parse(meta.at("kiln.normalization"));
+    norm.mean = n.at("mean").get<std::vector<float>>();
+    norm.std = n.at("std").get<std::vector<float>>();
+    labels = nlohmann::json::parse(meta.at("kiln.labels")).get<std::vector<std::string>>();
+  } catch (const std::exception& e) {
+    return InvalidArgumentError(a.model + ": malformed Kiln metadata: " + e.what());
+  }
+  const auto k = static_cast<int64_t>(labels.size());
+  if (engine->InputElementsPerSample() != test.image_bytes() ||
+      engine->OutputElementsPerSample() != k ||
+      static_cast<int64_t>(norm.mean.size()) != test.channels) {
+    return InvalidArgumentError(a.model + ": model input/output do not match the data set (" +
+                                std::to_string(engine->InputElementsPerSample()) +
+                                " inputs per image, " +
+                                std::to_string(engine->OutputElementsPerSample()) + " outputs)");
+  }
+  auto start = std::chrono::steady_clock::now();
+  data::LoaderOptions lo;
+  lo.batch_size = a.batch_size;
+  lo.shuffle = false;
+  lo.augment = false;
+  lo.drop_last = false;
+  data::BatchLoader loader(&test, norm, lo);
+  std::vector<float> input(static_cast<size_t>(a.batch_size * test.image_bytes()));
+  std::vector<int64_t> truth(static_cast<size_t>(a.batch_size));
+  std::vector<float> logits(static_cast<size_t>(a.batch_size * k));
+  train::EvalResult r;
+  r.confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
+  for (int64_t b = 0; b < loader.NumBatches(); ++b) {
+    const int64_t n = loader.FillBatch(0, b, input.data(), truth.data());
+    KILN_RETURN_IF_ERROR(engine->Run(input.data(), n, logits.data()));
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = logits.data() + i * k;
+      const auto pred = std::max_element(row, row + k) - row;
+      ++r.confusion[static_cast<size_t>(truth[static_cast<size_t>(i)])][static_cast<size_t>(pred)];
+    }
+    r.images += n;
+  }
+  int64_t correct = 0;
+  for (int64_t c = 0; c < k; ++c) {
+    int64_t total = 0;
+    for (int64_t p = 0; p < k; ++p) total += r.confusion[c][p];
+    correct += r.confusion[c][c];
+    r.per_class_accuracy.push_back(total > 0 ? static_cast<double>(r.confusion[c][c]) / total
+                                             : 0.0);
+  }
+  r.accuracy = r.images > 0 ? static_cast<double>(correct) / static_cast<double>(r.images) : 0.0;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return std::make_pair(std::move(r), std::move(labels));
+}
+
 int RunEval(const EvalArgs& a) {
   torch::set_num_threads(a.threads);
-  auto ckpt = train::LoadCheckpoint(a.checkpoint);
-  if (!ckpt.ok()) {
-    std::cerr << "kiln eval: " << ckpt.status().ToString() << "\n";
+  if (a.checkpoint.empty() == a.model.empty()) {
+    std::cerr << "kiln eval: give exactly one of --checkpoint or --model\n";
+    return kExitUsage;
+  }
+  // Name a missing model before spending seconds on the data.
+  const std::string& file = a.model.empty() ? a.checkpoint : a.model;
+  if (!std::filesystem::exists(file)) {
+    std::cerr << "kiln eval: not found: " << file << ": no such " << (a.model.empty() ? "checkpoint" : "model file")
+              << "\n";
     return kExitFailure;
   }
   auto ds = data::LoadCifar10(a.data);
@@ -32,44 +114,64 @@ int RunEval(const EvalArgs& a) {
     std::cerr << "kiln eval: " << ds.status().ToString() << "\n";
     return kExitFailure;
   }
-  const auto& meta = ckpt->meta;
-  if (ds->class_names.size() != meta.class_names.size()) {
-    std::cerr << "kiln eval: the checkpoint has " << meta.class_names.size() << " classes but "
-              << a.data << " has " << ds->class_names.size() << "\n";
-    return kExitFailure;
+  train::EvalResult r;
+  std::vector<std::string> names;
+  std::string what;  // what was evaluated, for the report
+  if (!a.model.empty()) {
+    auto result = EvalModelFile(a, ds->test);
+    if (!result.ok()) {
+      std::cerr << "kiln eval: " << result.status().ToString() << "\n";
+      return kExitFailure;
+    }
+    r = std::move(result->first);
+    names = std::move(result->second);
+    what = a.model;
+  } else {
+    auto ckpt = train::LoadCheckpoint(a.checkpoint);
+    if (!ckpt.ok()) {
+      std::cerr << "kiln eval: " << ckpt.status().ToString() << "\n";
+      return kExitFailure;
+    }
+    const auto& meta = ckpt->meta;
+    if (ds->class_names.size() != meta.class_names.size()) {
+      std::cerr << "kiln eval: the checkpoint has " << meta.class_names.size() << " classes but "
+                << a.data << " has " << ds->class_names.size() << "\n";
+      return kExitFailure;
+    }
+    train::EvalOptions eo;
+    eo.batch_size = a.batch_size;
+    auto result =
+        train::Evaluate(*ckpt->model, ds->test, meta.normalization, meta.shape.num_classes, eo);
+    if (!result.ok()) {
+      std::cerr << "kiln eval: " << result.status().ToString() << "\n";
+      return kExitFailure;
+    }
+    r = std::move(result).value();
+    names = meta.class_names;
+    what = a.checkpoint + " (" + meta.arch + ")";
   }
-  train::EvalOptions eo;
-  eo.batch_size = a.batch_size;
-  auto r = train::Evaluate(*ckpt->model, ds->test, meta.normalization, meta.shape.num_classes, eo);
-  if (!r.ok()) {
-    std::cerr << "kiln eval: " << r.status().ToString() << "\n";
-    return kExitFailure;
-  }
-  const auto& names = meta.class_names;
   if (a.json) {
-    nlohmann::json j = {
-        {"checkpoint", a.checkpoint}, {"arch", meta.arch},    {"images", r->images},
-        {"accuracy", r->accuracy},    {"loss", r->loss},      {"confusion", r->confusion},
-        {"class_names", names},       {"seconds", r->seconds}};
+    nlohmann::json j = {{"model", what},          {"images", r.images},
+                        {"accuracy", r.accuracy}, {"confusion", r.confusion},
+                        {"class_names", names},   {"seconds", r.seconds}};
+    if (a.model.empty()) j["loss"] = r.loss;
     for (size_t c = 0; c < names.size(); ++c)
-      j["per_class_accuracy"][names[c]] = r->per_class_accuracy[c];
+      j["per_class_accuracy"][names[c]] = r.per_class_accuracy[c];
     std::cout << j.dump(2) << "\n";
     return 0;
   }
-  std::printf("%s (%s) on %lld test images: accuracy %.2f%%, loss %.4f (%.1f s)\n\n",
-              a.checkpoint.c_str(), meta.arch.c_str(), static_cast<long long>(r->images),
-              100 * r->accuracy, r->loss, r->seconds);
+  std::printf("%s on %lld test images: accuracy %.2f%% (%.1f s)\n\n", what.c_str(),
+              static_cast<long long>(r.images), 100 * r.accuracy, r.seconds);
   std::printf("%-12s %8s\n", "class", "accuracy");
-  for (size_t c = 0; c < names.size(); ++c) {
-    std::printf("%-12s %7.2f%%\n", names[c].c_str(), 100 * r->per_class_accuracy[c]);
-  }
+  for (size_t c = 0; c < names.size(); ++c)
+    std::printf("%-12s %7.2f%%\n", names[c].c_str(), 100 * r.per_class_accuracy[c]);
   std::printf("\nconfusion matrix (rows: true class, columns: predicted)\n%-12s", "");
   for (size_t c = 0; c < names.size(); ++c) std::printf(" %5.5s", names[c].c_str());
   std::printf("\n");
   for (size_t t = 0; t < names.size(); ++t) {
     std::printf("%-12s", names[t].c_str());
     for (size_t p = 0; p < names.size(); ++p)
-      std::printf(" %5lld", static_cast<long long>(r->confusion[t][p]));
+      std::printf(" %5lld", static_cast<long long>(r.confusion[t][p]));
     std::printf("\n");
   }
   return 0;
@@ -80,9 +182,12 @@ int RunEval(const EvalArgs& a) {
 void RegisterEvalCommand(CLI::App& app, Runner* run) {
   auto a = std::make_shared<EvalArgs>();
   auto* cmd = app.add_subcommand(
-      "eval", "Test accuracy, per-class accuracy and confusion matrix of a model");
-  cmd->add_option("--checkpoint", a->checkpoint, "A Kiln checkpoint (best.ckpt, model.ckpt)")
-      ->required();
+      "eval", "Test accuracy, per-class accuracy and confusion matrix of a checkpoint or an exported model");
+  cmd->add_option("--checkpoint", a->checkpoint, "A Kiln checkpoint (best.ckpt, model.ckpt)");
+  cmd->add_option("--model", a->model, "An exported model (model.onnx, model.pt) run through --backend");
+  cmd->add_option("--backend", a->backend, "Engine for --model: auto (by file extension), onnxruntime, libtorch")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "onnxruntime", "libtorch"}));
   cmd->add_option("--data,--archive", a->data, "cifar-10-binary.tar.gz or its extracted folder")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")

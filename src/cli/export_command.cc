@@ -8,6 +8,7 @@
 #include "kiln/backend/inference_backend.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/export/onnx_export.h"
+#include "kiln/export/torchscript_export.h"
 #include "kiln/export/verify.h"
 #include "kiln/train/checkpoint.h"
 
@@ -55,6 +56,13 @@ int RunExport(ExportArgs a) {
       "wrote %s (opset %lld, %lld bytes; passes the ONNX checker and strict shape inference)\n",
       onnx_file.c_str(), static_cast<long long>(a.onnx.opset),
       static_cast<long long>(fs::file_size(onnx_file)));
+  const fs::path ts_file = out / "model.pt";
+  if (Status s = exporter::ExportTorchScript(*ckpt, ts_file, a.onnx.training_summary_json); !s.ok()) {
+    std::cerr << "kiln export: " << s.ToString() << "\n";
+    return kExitFailure;
+  }
+  std::printf("wrote %s (TorchScript, %lld bytes)\n", ts_file.c_str(),
+              static_cast<long long>(fs::file_size(ts_file)));
   if (a.skip_check) return 0;
 
   auto ds = data::LoadCifar10(a.data);
@@ -63,25 +71,31 @@ int RunExport(ExportArgs a) {
               << " (pass --data, or --skip-check)\n";
     return kExitFailure;
   }
-  backend::BackendOptions bo;
-  bo.model_path = onnx_file.string();
-  bo.intra_op_threads = a.threads;
-  auto engine = backend::CreateBackend("onnxruntime", bo);
-  if (!engine.ok()) {
-    std::cerr << "kiln export: " << engine.status().ToString() << "\n";
-    return kExitFailure;
+  int failures = 0;
+  for (const auto& [engine_name, file] :
+       {std::pair<std::string, fs::path>{"onnxruntime", onnx_file},
+        std::pair<std::string, fs::path>{"libtorch", ts_file}}) {
+    backend::BackendOptions bo;
+    bo.model_path = file.string();
+    bo.intra_op_threads = a.threads;
+    auto engine = backend::CreateBackend(engine_name, bo);
+    if (!engine.ok()) {
+      std::cerr << "kiln export: " << engine.status().ToString() << "\n";
+      return kExitFailure;
+    }
+    exporter::ParityReport report;
+    Status parity = exporter::CheckParity(*ckpt, **engine, ds->test, a.tolerance, &report);
+    std::printf(
+        "check on %lld test images, %s via %s vs the checkpoint in libtorch: max |diff| %.3g, "
+        "top-1 mismatches %lld, accuracy %.2f%%\n",
+        static_cast<long long>(report.images), file.filename().c_str(), report.backend.c_str(),
+        report.max_abs_diff, static_cast<long long>(report.top1_mismatches), 100 * report.accuracy);
+    if (!parity.ok()) {
+      std::cerr << "kiln export: " << parity.ToString() << "\n";
+      ++failures;
+    }
   }
-  exporter::ParityReport report;
-  Status parity = exporter::CheckParity(*ckpt, **engine, ds->test, a.tolerance, &report);
-  std::printf(
-      "check on %lld test images, %s vs libtorch: max |diff| %.3g, top-1 mismatches %lld, accuracy "
-      "%.2f%%\n",
-      static_cast<long long>(report.images), report.backend.c_str(), report.max_abs_diff,
-      static_cast<long long>(report.top1_mismatches), 100 * report.accuracy);
-  if (!parity.ok()) {
-    std::cerr << "kiln export: " << parity.ToString() << "\n";
-    return kExitFailure;
-  }
+  if (failures > 0) return kExitFailure;
   return 0;
 }
 

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/core/version.h"
+#include "kiln/export/lowered_model.h"
 
 namespace kiln::exporter {
 
@@ -92,77 +93,44 @@ class GraphBuilder {
   int counter_ = 0;
 };
 
-// Parameters and buffers of a module by name.
-class Params {
- public:
-  explicit Params(const torch::nn::Module& m) {
-    for (const auto& p : m.named_parameters()) map_[p.key()] = p.value();
-    for (const auto& b : m.named_buffers()) map_[b.key()] = b.value();
-  }
-  Result<torch::Tensor> Get(const std::string& key) const {
-    auto it = map_.find(key);
-    if (it == map_.end()) return InternalError("model has no tensor '" + key + "'");
-    return it->second.detach().to(torch::kFloat).contiguous();
-  }
-
- private:
-  std::map<std::string, torch::Tensor> map_;
-};
-
-// Conv (no bias) + eval-mode BatchNorm folded into one convolution with bias:
-// w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps).
-Result<std::string> ConvBnRelu(GraphBuilder& g, const Params& p, const std::string& prefix,
-                               const std::string& x, double eps) {
-  KILN_ASSIGN_OR_RETURN(torch::Tensor w, p.Get(prefix + ".conv.weight"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor gamma, p.Get(prefix + ".bn.weight"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor beta, p.Get(prefix + ".bn.bias"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor mean, p.Get(prefix + ".bn.running_mean"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor var, p.Get(prefix + ".bn.running_var"));
-  // Fold in double precision, then round once to float.
-  torch::Tensor scale = gamma.to(torch::kDouble) / torch::sqrt(var.to(torch::kDouble) + eps);
-  torch::Tensor wf = (w.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(torch::kFloat);
-  torch::Tensor bf = (beta.to(torch::kDouble) - mean.to(torch::kDouble) * scale).to(torch::kFloat);
-  return g.Relu(g.Conv3x3(x, prefix, wf, bf), prefix);
-}
-
-Result<std::string> BuildSeedCnn(GraphBuilder& g, const Params& p, const std::string& input) {
+// Emits the lowered ops as ONNX nodes; returns the name of the last value.
+std::string EmitOnnx(GraphBuilder& g, const LoweredModel& lowered, const std::string& input) {
+  using Kind = LoweredOp::Kind;
   std::string x = input;
-  for (const char* conv : {"conv1", "conv2", "conv3"}) {
-    KILN_ASSIGN_OR_RETURN(torch::Tensor w, p.Get(std::string(conv) + ".weight"));
-    KILN_ASSIGN_OR_RETURN(torch::Tensor b, p.Get(std::string(conv) + ".bias"));
-    x = g.MaxPool2(g.Relu(g.Conv3x3(x, conv, w, b), conv), conv);
+  std::vector<std::string> skips;
+  for (const LoweredOp& op : lowered.ops) {
+    switch (op.kind) {
+      case Kind::kConv3x3:
+        x = g.Conv3x3(x, op.name, op.weight, op.bias);
+        break;
+      case Kind::kRelu:
+        x = g.Relu(x, op.name);
+        break;
+      case Kind::kMaxPool2:
+        x = g.MaxPool2(x, op.name);
+        break;
+      case Kind::kPushSkip:
+        skips.push_back(x);
+        break;
+      case Kind::kAddSkip:
+        x = g.Node("Add", {skips.back(), x}, op.name);
+        skips.pop_back();
+        break;
+      // GlobalMaxPool keeps [N, C, 1, 1]; the Flatten that follows makes it [N, C].
+      case Kind::kGlobalMaxPool:
+        x = g.Node("GlobalMaxPool", {x}, op.name);
+        break;
+      case Kind::kFlatten:
+        x = g.Node("Flatten", {x}, op.name,
+                   [](onnx::NodeProto* n) { GraphBuilder::Int(n, "axis", 1); });
+        break;
+      case Kind::kLinear:
+        x = g.Linear(x, op.name, op.weight,
+                     op.bias.defined() ? std::optional<torch::Tensor>(op.bias) : std::nullopt);
+        break;
+    }
   }
-  x = g.Node("Flatten", {x}, "flatten",
-             [](onnx::NodeProto* n) { GraphBuilder::Int(n, "axis", 1); });
-  KILN_ASSIGN_OR_RETURN(torch::Tensor w1, p.Get("fc1.weight"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor b1, p.Get("fc1.bias"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor w2, p.Get("fc2.weight"));
-  KILN_ASSIGN_OR_RETURN(torch::Tensor b2, p.Get("fc2.bias"));
-  x = g.Relu(g.Linear(x, "fc1", w1, b1), "fc1");
-  return g.Linear(x, "fc2", w2, b2);
-}
-
-Result<std::string> BuildResNet9(GraphBuilder& g, const Params& p, const std::string& input,
-                                 double eps, double head_scale) {
-  KILN_ASSIGN_OR_RETURN(std::string x, ConvBnRelu(g, p, "prep", input, eps));
-  KILN_ASSIGN_OR_RETURN(x, ConvBnRelu(g, p, "layer1", x, eps));
-  x = g.MaxPool2(x, "layer1");
-  KILN_ASSIGN_OR_RETURN(std::string r, ConvBnRelu(g, p, "res1a", x, eps));
-  KILN_ASSIGN_OR_RETURN(r, ConvBnRelu(g, p, "res1b", r, eps));
-  x = g.Node("Add", {x, r}, "res1");
-  KILN_ASSIGN_OR_RETURN(x, ConvBnRelu(g, p, "layer2", x, eps));
-  x = g.MaxPool2(x, "layer2");
-  KILN_ASSIGN_OR_RETURN(x, ConvBnRelu(g, p, "layer3", x, eps));
-  x = g.MaxPool2(x, "layer3");
-  KILN_ASSIGN_OR_RETURN(r, ConvBnRelu(g, p, "res3a", x, eps));
-  KILN_ASSIGN_OR_RETURN(r, ConvBnRelu(g, p, "res3b", r, eps));
-  x = g.Node("Add", {x, r}, "res3");
-  // Global max-pool: GlobalMaxPool keeps [N, C, 1, 1]; Flatten makes it [N, C].
-  x = g.Node("GlobalMaxPool", {x}, "pool");
-  x = g.Node("Flatten", {x}, "flatten",
-             [](onnx::NodeProto* n) { GraphBuilder::Int(n, "axis", 1); });
-  KILN_ASSIGN_OR_RETURN(torch::Tensor w, p.Get("fc.weight"));
-  return g.Linear(x, "fc", w * head_scale, std::nullopt);
+  return x;
 }
 
 void AddMeta(onnx::ModelProto* model, const std::string& key, const std::string& value) {
@@ -218,38 +186,21 @@ Result<std::string> BuildOnnxModel(const train::Checkpoint& checkpoint,
 
   SetFloatTensorType(graph->add_input(), options.input_name,
                      {-1, meta.shape.channels, meta.shape.height, meta.shape.width});
+  KILN_ASSIGN_OR_RETURN(LoweredModel lowered, LowerModel(checkpoint));
   GraphBuilder g(graph);
-  Params params(*checkpoint.model);
-  Result<std::string> out =
-      InternalError("no ONNX graph builder for architecture '" + meta.arch + "'");
   try {
-    torch::NoGradGuard no_grad;
-    if (meta.arch == "seed-cnn") {
-      out = BuildSeedCnn(g, params, options.input_name);
-    } else if (meta.arch == "kiln-resnet" || meta.arch == "resnet9") {
-      out = BuildResNet9(g, params, options.input_name, train::kBatchNormEps,
-                         train::kResNetHeadScale);
-    }
+    EmitOnnx(g, lowered, options.input_name);
   } catch (const std::exception& e) {
     return InternalError(std::string("building the ONNX graph failed: ") + e.what());
   }
-  if (!out.ok()) return out.status();
   // Rename the last value to the requested output name.
   onnx::NodeProto* last = graph->mutable_node(graph->node_size() - 1);
   last->set_output(0, options.output_name);
   SetFloatTensorType(graph->add_output(), options.output_name, {-1, meta.shape.num_classes});
 
-  AddMeta(&model, "kiln.arch", meta.arch);
-  AddMeta(&model, "kiln.labels", json(meta.class_names).dump());
-  AddMeta(
-      &model, "kiln.normalization",
-      json{{"mean", meta.normalization.mean}, {"std", meta.normalization.std}, {"scale", "x/255"}}
-          .dump());
-  AddMeta(&model, "kiln.input_layout", "NCHW");
-  AddMeta(&model, "kiln.version", Version());
-  AddMeta(&model, "kiln.checkpoint_created", meta.created);
-  if (!options.training_summary_json.empty())
-    AddMeta(&model, "kiln.training_summary", options.training_summary_json);
+  for (const auto& [key, value] : ExportMetadata(checkpoint, options.training_summary_json)) {
+    AddMeta(&model, key, value);
+  }
 
   try {
     onnx::checker::check_model(model);

@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -23,6 +24,9 @@
 #include "kiln/core/status.h"
 
 namespace kiln::backend {
+
+// Extra file of a TorchScript archive holding Kiln's metadata (a JSON object of strings).
+inline constexpr const char* kTorchScriptMetadataFile = "kiln_metadata.json";
 
 enum class DataType { kFloat32, kFloat16, kInt8, kUInt8, kInt32, kInt64, kOther };
 std::string_view DataTypeName(DataType t);  // "FP32", ... (KServe v2 names)
@@ -52,6 +56,11 @@ struct BackendOptions {
   // OpenMP threads for 2 cores (seen: a 58 s epoch became 700 s).
   bool allow_spinning = false;
   std::string optimized_model_path;  // onnxruntime: save the optimized graph here if set
+  bool channels_last = true;         // libtorch: feed NHWC (channels-last) tensors
+  bool freeze = true;                // libtorch: torch::jit::freeze + optimize_for_inference
+  // libtorch: input shape [C, H, W] per sample. TorchScript files carry no input shape: Kiln's
+  // own archives record it (kiln.input_shape in kTorchScriptMetadataFile); others need it here.
+  std::vector<int64_t> sample_shape;
 
   Status Validate() const;
 };
@@ -64,16 +73,23 @@ class InferenceBackend {
   virtual const std::vector<TensorInfo>& inputs() const = 0;
   virtual const std::vector<TensorInfo>& outputs() const = 0;
   virtual Capabilities capabilities() const = 0;
+  // Key/value metadata stored in the model file (ONNX metadata_props; for TorchScript the JSON
+  // object in the extra file kTorchScriptMetadataFile). Empty when the file has none.
+  virtual const std::map<std::string, std::string>& metadata() const = 0;
 
   // Floats per sample of the first input / first output (product of non-batch dimensions).
   int64_t InputElementsPerSample() const;
   int64_t OutputElementsPerSample() const;
 
+  // OK when a request tensor of `shape` (batch first) fits the model's first input; otherwise
+  // InvalidArgument naming both shapes. Callers holding shaped requests check before Run().
+  Status ValidateInputShape(const std::vector<int64_t>& shape) const;
+
   // Runs the model on `batch` samples of the first input, writing the first output.
   virtual Status Run(const float* input, int64_t batch, float* output) = 0;
 };
 
-// Creates a backend by name ("onnxruntime"; more as they are built). Unknown names are
+// Creates a backend by name ("onnxruntime", "libtorch"). Unknown names are
 // InvalidArgument listing the known ones.
 Result<std::unique_ptr<InferenceBackend>> CreateBackend(const std::string& name,
                                                         const BackendOptions& options);

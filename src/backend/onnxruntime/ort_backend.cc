@@ -66,6 +66,11 @@ class OrtBackend : public InferenceBackend {
         backend->inputs_.push_back({backend->session_->GetInputNameAllocated(i, alloc).get(),
                                     FromOrt(info.GetElementType()), info.GetShape()});
       }
+      Ort::ModelMetadata meta = backend->session_->GetModelMetadata();
+      for (const auto& key : meta.GetCustomMetadataMapKeysAllocated(alloc)) {
+        auto value = meta.LookupCustomMetadataMapAllocated(key.get(), alloc);
+        if (value) backend->metadata_[key.get()] = value.get();
+      }
       for (size_t i = 0; i < backend->session_->GetOutputCount(); ++i) {
         Ort::TypeInfo type = backend->session_->GetOutputTypeInfo(i);
         auto info = type.GetTensorTypeAndShapeInfo();
@@ -103,6 +108,7 @@ class OrtBackend : public InferenceBackend {
   const std::string& name() const override { return name_; }
   const std::vector<TensorInfo>& inputs() const override { return inputs_; }
   const std::vector<TensorInfo>& outputs() const override { return outputs_; }
+  const std::map<std::string, std::string>& metadata() const override { return metadata_; }
   Capabilities capabilities() const override {
     Capabilities c;
     c.dynamic_batch = inputs_[0].shape[0] < 0 && outputs_[0].shape[0] < 0;
@@ -146,6 +152,7 @@ class OrtBackend : public InferenceBackend {
   std::unique_ptr<Ort::Session> session_;
   std::vector<TensorInfo> inputs_;
   std::vector<TensorInfo> outputs_;
+  std::map<std::string, std::string> metadata_;
 };
 
 }  // namespace
