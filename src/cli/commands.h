@@ -5,6 +5,11 @@
 #include <CLI/CLI.hpp>
 #include <atomic>
 #include <functional>
+#include <string>
+#include <vector>
+
+#include "kiln/backend/inference_backend.h"
+#include "kiln/data/loader.h"
 
 namespace kiln::cli {
 
@@ -16,6 +21,16 @@ void RegisterEvalCommand(CLI::App& app, Runner* run);
 void RegisterExportCommand(CLI::App& app, Runner* run);
 void RegisterPredictCommand(CLI::App& app, Runner* run);
 void RegisterVersionCommand(CLI::App& app, Runner* run);
+
+// What an exported model says about its input and output (Kiln metadata, see
+// exporter::ExportMetadata): normalization and label names. InvalidArgument naming
+// `model_path` when the file has none or it is malformed.
+struct ModelMetadata {
+  data::Normalization normalization;
+  std::vector<std::string> labels;
+};
+Result<ModelMetadata> ReadModelMetadata(const backend::InferenceBackend& engine,
+                                        const std::string& model_path);
 
 // Set by the first SIGINT/SIGTERM; long commands poll it and stop cleanly.
 const std::atomic<bool>& StopRequested();

@@ -36,22 +36,9 @@ Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
   bo.model_path = a.model;
   bo.intra_op_threads = a.threads;
   KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(engine_name, bo));
-  const auto& meta = engine->metadata();
-  if (meta.count("kiln.normalization") == 0 || meta.count("kiln.labels") == 0) {
-    return InvalidArgumentError(
-        a.model +
-        ": no Kiln metadata (kiln.normalization, kiln.labels); export it with kiln export");
-  }
-  data::Normalization norm;
-  std::vector<std::string> labels;
-  try {
-    auto n = nlohmann::json::parse(meta.at("kiln.normalization"));
-    norm.mean = n.at("mean").get<std::vector<float>>();
-    norm.std = n.at("std").get<std::vector<float>>();
-    labels = nlohmann::json::parse(meta.at("kiln.labels")).get<std::vector<std::string>>();
-  } catch (const std::exception& e) {
-    return InvalidArgumentError(a.model + ": malformed Kiln metadata: " + e.what());
-  }
+  KILN_ASSIGN_OR_RETURN(ModelMetadata info, ReadModelMetadata(*engine, a.model));
+  const data::Normalization& norm = info.normalization;
+  std::vector<std::string>& labels = info.labels;
   const auto k = static_cast<int64_t>(labels.size());
   if (engine->InputElementsPerSample() != test.image_bytes() ||
       engine->OutputElementsPerSample() != k ||
@@ -83,15 +70,7 @@ Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
     }
     r.images += n;
   }
-  int64_t correct = 0;
-  for (int64_t c = 0; c < k; ++c) {
-    int64_t total = 0;
-    for (int64_t p = 0; p < k; ++p) total += r.confusion[c][p];
-    correct += r.confusion[c][c];
-    r.per_class_accuracy.push_back(total > 0 ? static_cast<double>(r.confusion[c][c]) / total
-                                             : 0.0);
-  }
-  r.accuracy = r.images > 0 ? static_cast<double>(correct) / static_cast<double>(r.images) : 0.0;
+  train::SummarizeConfusion(&r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return std::make_pair(std::move(r), std::move(labels));
 }
@@ -105,8 +84,8 @@ int RunEval(const EvalArgs& a) {
   // Name a missing model before spending seconds on the data.
   const std::string& file = a.model.empty() ? a.checkpoint : a.model;
   if (!std::filesystem::exists(file)) {
-    std::cerr << "kiln eval: not found: " << file << ": no such " << (a.model.empty() ? "checkpoint" : "model file")
-              << "\n";
+    std::cerr << "kiln eval: not found: " << file << ": no such "
+              << (a.model.empty() ? "checkpoint" : "model file") << "\n";
     return kExitFailure;
   }
   auto ds = data::LoadCifar10(a.data);
@@ -181,11 +160,14 @@ int RunEval(const EvalArgs& a) {
 
 void RegisterEvalCommand(CLI::App& app, Runner* run) {
   auto a = std::make_shared<EvalArgs>();
-  auto* cmd = app.add_subcommand(
-      "eval", "Test accuracy, per-class accuracy and confusion matrix of a checkpoint or an exported model");
+  auto* cmd = app.add_subcommand("eval",
+                                 "Test accuracy, per-class accuracy and confusion matrix of a "
+                                 "checkpoint or an exported model");
   cmd->add_option("--checkpoint", a->checkpoint, "A Kiln checkpoint (best.ckpt, model.ckpt)");
-  cmd->add_option("--model", a->model, "An exported model (model.onnx, model.pt) run through --backend");
-  cmd->add_option("--backend", a->backend, "Engine for --model: auto (by file extension), onnxruntime, libtorch")
+  cmd->add_option("--model", a->model,
+                  "An exported model (model.onnx, model.pt) run through --backend");
+  cmd->add_option("--backend", a->backend,
+                  "Engine for --model: auto (by file extension), onnxruntime, libtorch")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "onnxruntime", "libtorch"}));
   cmd->add_option("--data,--archive", a->data, "cifar-10-binary.tar.gz or its extracted folder")

@@ -57,7 +57,8 @@ int RunExport(ExportArgs a) {
       onnx_file.c_str(), static_cast<long long>(a.onnx.opset),
       static_cast<long long>(fs::file_size(onnx_file)));
   const fs::path ts_file = out / "model.pt";
-  if (Status s = exporter::ExportTorchScript(*ckpt, ts_file, a.onnx.training_summary_json); !s.ok()) {
+  if (Status s = exporter::ExportTorchScript(*ckpt, ts_file, a.onnx.training_summary_json);
+      !s.ok()) {
     std::cerr << "kiln export: " << s.ToString() << "\n";
     return kExitFailure;
   }

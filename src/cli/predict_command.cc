@@ -97,25 +97,18 @@ int RunPredict(const PredictArgs& a) {
     return kExitFailure;
   }
   const auto& shape = (*engine)->inputs()[0].shape;
-  const auto& meta = (*engine)->metadata();
-  if (shape.size() != 4 || shape[1] != 3 || meta.count("kiln.normalization") == 0) {
+  if (shape.size() != 4 || shape[1] != 3) {
     std::cerr << "kiln predict: " << a.model
-              << ": expected an image classifier exported by kiln export (input [N,3,H,W] and "
-                 "kiln.normalization metadata)\n";
+              << ": expected an image classifier with input [N,3,H,W]\n";
     return kExitFailure;
   }
-  data::Normalization norm;
-  std::vector<std::string> labels;
-  try {
-    auto n = nlohmann::json::parse(meta.at("kiln.normalization"));
-    norm.mean = n.at("mean").get<std::vector<float>>();
-    norm.std = n.at("std").get<std::vector<float>>();
-    if (meta.count("kiln.labels") > 0)
-      labels = nlohmann::json::parse(meta.at("kiln.labels")).get<std::vector<std::string>>();
-  } catch (const std::exception& e) {
-    std::cerr << "kiln predict: " << a.model << ": malformed metadata: " << e.what() << "\n";
+  auto info = ReadModelMetadata(**engine, a.model);
+  if (!info.ok()) {
+    std::cerr << "kiln predict: " << info.status().ToString() << "\n";
     return kExitFailure;
   }
+  const data::Normalization& norm = info->normalization;
+  const std::vector<std::string>& labels = info->labels;
   const int64_t classes = (*engine)->OutputElementsPerSample();
   const int64_t k = std::min<int64_t>(a.top_k, classes);
   const std::vector<std::string> files = ExpandInputs(a.inputs);

@@ -35,6 +35,19 @@ Status ForEachBatch(Classifier& model, const data::ImageSet& set, const data::No
 
 }  // namespace
 
+void SummarizeConfusion(EvalResult* r) {
+  int64_t correct = 0;
+  r->per_class_accuracy.clear();
+  for (size_t c = 0; c < r->confusion.size(); ++c) {
+    int64_t total = 0;
+    for (int64_t v : r->confusion[c]) total += v;
+    correct += r->confusion[c][c];
+    r->per_class_accuracy.push_back(
+        total > 0 ? static_cast<double>(r->confusion[c][c]) / static_cast<double>(total) : 0.0);
+  }
+  r->accuracy = r->images > 0 ? static_cast<double>(correct) / static_cast<double>(r->images) : 0.0;
+}
+
 Result<EvalResult> Evaluate(Classifier& model, const data::ImageSet& set,
                             const data::Normalization& norm, int64_t num_classes,
                             const EvalOptions& options) {
@@ -58,15 +71,7 @@ Result<EvalResult> Evaluate(Classifier& model, const data::ImageSet& set,
         r.images += labels.size(0);
       });
   KILN_RETURN_IF_ERROR(s);
-  int64_t correct = 0;
-  for (int64_t c = 0; c < num_classes; ++c) {
-    int64_t total = 0;
-    for (int64_t p = 0; p < num_classes; ++p) total += r.confusion[c][p];
-    correct += r.confusion[c][c];
-    r.per_class_accuracy.push_back(total > 0 ? static_cast<double>(r.confusion[c][c]) / total
-                                             : 0.0);
-  }
-  r.accuracy = r.images > 0 ? static_cast<double>(correct) / static_cast<double>(r.images) : 0.0;
+  SummarizeConfusion(&r);
   r.loss = r.images > 0 ? loss_sum / static_cast<double>(r.images) : 0.0;
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;

@@ -26,6 +26,9 @@ struct EvalOptions {
   bool channels_last = false;  // feed inputs channels-last (model must match)
 };
 
+// Fills per_class_accuracy and accuracy from r->confusion and r->images.
+void SummarizeConfusion(EvalResult* r);
+
 Result<EvalResult> Evaluate(Classifier& model, const data::ImageSet& set,
                             const data::Normalization& norm, int64_t num_classes,
                             const EvalOptions& options = {});
