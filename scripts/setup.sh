@@ -39,7 +39,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build pkg-config git ca-certificates curl
+  build-essential cmake ninja-build pkg-config git ca-certificates curl ccache
   clang-format clang-tidy
   # training: libtorch (CPU, oneDNN) + a fast BLAS (OpenMP build of OpenBLAS)
   libtorch-dev libopenblas0-openmp
