@@ -54,3 +54,9 @@ CommandResult RunKiln(const std::string& args, bool merge_stderr = true);
 
 // For Result<T>: asserts ok and prints the status otherwise.
 #define KILN_ASSERT_RESULT_OK(result) ASSERT_TRUE((result).ok()) << (result).status().ToString()
+
+#define KILN_EXPECT_OK(expr)                         \
+  do {                                               \
+    const auto& kiln_s_ = (expr);                    \
+    EXPECT_TRUE(kiln_s_.ok()) << kiln_s_.ToString(); \
+  } while (false)

@@ -20,6 +20,7 @@ void RegisterTrainCommand(CLI::App& app, Runner* run);
 void RegisterEvalCommand(CLI::App& app, Runner* run);
 void RegisterExportCommand(CLI::App& app, Runner* run);
 void RegisterPredictCommand(CLI::App& app, Runner* run);
+void RegisterOptimizeCommand(CLI::App& app, Runner* run);
 void RegisterVersionCommand(CLI::App& app, Runner* run);
 
 // What an exported model says about its input and output (Kiln metadata, see

@@ -37,42 +37,14 @@ Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
   bo.intra_op_threads = a.threads;
   KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(engine_name, bo));
   KILN_ASSIGN_OR_RETURN(ModelMetadata info, ReadModelMetadata(*engine, a.model));
-  const data::Normalization& norm = info.normalization;
-  std::vector<std::string>& labels = info.labels;
-  const auto k = static_cast<int64_t>(labels.size());
-  if (engine->InputElementsPerSample() != test.image_bytes() ||
-      engine->OutputElementsPerSample() != k ||
-      static_cast<int64_t>(norm.mean.size()) != test.channels) {
-    return InvalidArgumentError(a.model + ": model input/output do not match the data set (" +
-                                std::to_string(engine->InputElementsPerSample()) +
-                                " inputs per image, " +
-                                std::to_string(engine->OutputElementsPerSample()) + " outputs)");
+  if (static_cast<int64_t>(info.labels.size()) != engine->OutputElementsPerSample()) {
+    return InvalidArgumentError(a.model + ": " + std::to_string(info.labels.size()) +
+                                " labels for " +
+                                std::to_string(engine->OutputElementsPerSample()) + " outputs");
   }
-  auto start = std::chrono::steady_clock::now();
-  data::LoaderOptions lo;
-  lo.batch_size = a.batch_size;
-  lo.shuffle = false;
-  lo.augment = false;
-  lo.drop_last = false;
-  data::BatchLoader loader(&test, norm, lo);
-  std::vector<float> input(static_cast<size_t>(a.batch_size * test.image_bytes()));
-  std::vector<int64_t> truth(static_cast<size_t>(a.batch_size));
-  std::vector<float> logits(static_cast<size_t>(a.batch_size * k));
-  train::EvalResult r;
-  r.confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
-  for (int64_t b = 0; b < loader.NumBatches(); ++b) {
-    const int64_t n = loader.FillBatch(0, b, input.data(), truth.data());
-    KILN_RETURN_IF_ERROR(engine->Run(input.data(), n, logits.data()));
-    for (int64_t i = 0; i < n; ++i) {
-      const float* row = logits.data() + i * k;
-      const auto pred = std::max_element(row, row + k) - row;
-      ++r.confusion[static_cast<size_t>(truth[static_cast<size_t>(i)])][static_cast<size_t>(pred)];
-    }
-    r.images += n;
-  }
-  train::SummarizeConfusion(&r);
-  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return std::make_pair(std::move(r), std::move(labels));
+  auto r = train::EvaluateEngine(*engine, test, info.normalization, a.batch_size);
+  if (!r.ok()) return r.status().WithContext(a.model);
+  return std::make_pair(std::move(r).value(), std::move(info.labels));
 }
 
 int RunEval(const EvalArgs& a) {

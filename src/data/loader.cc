@@ -66,6 +66,15 @@ void NormalizeImage(const uint8_t* chw, int64_t channels, int64_t hw, const Norm
   }
 }
 
+LoaderOptions LoaderOptions::InOrder(int64_t batch_size) {
+  LoaderOptions o;
+  o.batch_size = batch_size;
+  o.shuffle = false;
+  o.drop_last = false;
+  o.augment = false;
+  return o;
+}
+
 Status LoaderOptions::Validate() const {
   if (batch_size <= 0) return InvalidArgumentError("batch size must be positive");
   if (augmentation.pad < 0 || augmentation.pad > 16) {

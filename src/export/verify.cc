@@ -22,11 +22,7 @@ Status CheckParity(const train::Checkpoint& checkpoint, backend::InferenceBacken
   KILN_ASSIGN_OR_RETURN(
       torch::Tensor reference,
       train::PredictLogits(*checkpoint.model, images, checkpoint.meta.normalization));
-  data::LoaderOptions lo;
-  lo.batch_size = batch_size;
-  lo.shuffle = false;
-  lo.augment = false;
-  lo.drop_last = false;
+  const auto lo = data::LoaderOptions::InOrder(batch_size);
   data::BatchLoader loader(&images, checkpoint.meta.normalization, lo);
   std::vector<float> input(static_cast<size_t>(batch_size * images.image_bytes()));
   std::vector<int64_t> labels(static_cast<size_t>(batch_size));

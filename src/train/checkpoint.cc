@@ -22,6 +22,7 @@ json MetaToJson(const CheckpointMeta& m) {
         {"height", m.shape.height},
         {"width", m.shape.width},
         {"num_classes", m.shape.num_classes}}},
+      {"widths", m.widths},
       {"class_names", m.class_names},
       {"normalization", {{"mean", m.normalization.mean}, {"std", m.normalization.std}}},
       {"train_options", json::parse(m.train_options_json.empty() ? "{}" : m.train_options_json)},
@@ -46,6 +47,7 @@ Result<CheckpointMeta> MetaFromJson(const std::string& text) {
     const json& s = j.at("shape");
     m.shape = {s.at("channels").get<int64_t>(), s.at("height").get<int64_t>(),
                s.at("width").get<int64_t>(), s.at("num_classes").get<int64_t>()};
+    if (j.contains("widths")) m.widths = j.at("widths").get<ModelWidths>();
     m.class_names = j.at("class_names").get<std::vector<std::string>>();
     m.normalization.mean = j.at("normalization").at("mean").get<std::vector<float>>();
     m.normalization.std = j.at("normalization").at("std").get<std::vector<float>>();
@@ -124,7 +126,7 @@ Result<Checkpoint> LoadCheckpoint(const fs::path& file) {
     }
     auto meta = MetaFromJson(meta_value.toStringRef());
     if (!meta.ok()) return meta.status().WithContext(file.string());
-    KILN_ASSIGN_OR_RETURN(auto model, CreateModel(meta->arch, meta->shape));
+    KILN_ASSIGN_OR_RETURN(auto model, CreateModel(meta->arch, meta->shape, meta->widths));
     torch::serialize::InputArchive weights;
     if (!archive.try_read("model", weights)) {
       return InvalidArgumentError(file.string() + ": checkpoint has no model weights");

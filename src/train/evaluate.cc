@@ -1,5 +1,6 @@
 #include "kiln/train/evaluate.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace kiln::train {
@@ -13,12 +14,7 @@ Status ForEachBatch(Classifier& model, const data::ImageSet& set, const data::No
   try {
     torch::NoGradGuard no_grad;
     model.eval();
-    data::LoaderOptions lo;
-    lo.batch_size = options.batch_size;
-    lo.shuffle = false;
-    lo.drop_last = false;
-    lo.augment = false;
-    data::BatchLoader loader(&set, norm, lo);
+    data::BatchLoader loader(&set, norm, data::LoaderOptions::InOrder(options.batch_size));
     auto images = torch::empty({options.batch_size, set.channels, set.height, set.width});
     auto labels = torch::empty({options.batch_size}, torch::kInt64);
     for (int64_t b = 0; b < loader.NumBatches(); ++b) {
@@ -67,12 +63,49 @@ Result<EvalResult> Evaluate(Classifier& model, const data::ImageSet& set,
         auto* l = labels.data_ptr<int64_t>();
         for (int64_t i = 0; i < labels.size(0); ++i) {
           if (l[i] < num_classes && p[i] < num_classes) ++r.confusion[l[i]][p[i]];
+          r.predictions.push_back(p[i]);
         }
         r.images += labels.size(0);
       });
   KILN_RETURN_IF_ERROR(s);
   SummarizeConfusion(&r);
   r.loss = r.images > 0 ? loss_sum / static_cast<double>(r.images) : 0.0;
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+Result<EvalResult> EvaluateEngine(backend::InferenceBackend& engine, const data::ImageSet& set,
+                                  const data::Normalization& norm, int64_t batch_size) {
+  if (batch_size <= 0) return InvalidArgumentError("batch size must be positive");
+  const int64_t k = engine.OutputElementsPerSample();
+  if (engine.InputElementsPerSample() != set.image_bytes() || k < 2 ||
+      static_cast<int64_t>(norm.mean.size()) != set.channels) {
+    return InvalidArgumentError(
+        "the model's input/output do not match the data set (" +
+        std::to_string(engine.InputElementsPerSample()) + " inputs per image for " +
+        std::to_string(set.image_bytes()) + " pixels, " + std::to_string(k) + " outputs)");
+  }
+  auto start = std::chrono::steady_clock::now();
+  data::BatchLoader loader(&set, norm, data::LoaderOptions::InOrder(batch_size));
+  std::vector<float> input(static_cast<size_t>(batch_size * set.image_bytes()));
+  std::vector<int64_t> truth(static_cast<size_t>(batch_size));
+  std::vector<float> logits(static_cast<size_t>(batch_size * k));
+  EvalResult r;
+  r.confusion.assign(static_cast<size_t>(k), std::vector<int64_t>(static_cast<size_t>(k), 0));
+  r.predictions.reserve(static_cast<size_t>(set.size()));
+  for (int64_t b = 0; b < loader.NumBatches(); ++b) {
+    const int64_t n = loader.FillBatch(0, b, input.data(), truth.data());
+    KILN_RETURN_IF_ERROR(engine.Run(input.data(), n, logits.data()));
+    for (int64_t i = 0; i < n; ++i) {
+      const float* row = logits.data() + i * k;
+      const int64_t pred = std::max_element(row, row + k) - row;
+      const int64_t label = truth[static_cast<size_t>(i)];
+      if (label < k) ++r.confusion[static_cast<size_t>(label)][static_cast<size_t>(pred)];
+      r.predictions.push_back(pred);
+    }
+    r.images += n;
+  }
+  SummarizeConfusion(&r);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
 }

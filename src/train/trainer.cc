@@ -103,7 +103,8 @@ std::string TrainOptions::ToJson() const {
               {"threads", threads},
               {"channels_last", channels_last},
               {"precision", precision},
-              {"seed", seed}}
+              {"seed", seed},
+              {"init_from", init_from.string()}}
       .dump();
 }
 
@@ -233,7 +234,8 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
     return InvalidArgumentError("only " + std::to_string(train_set.size()) +
                                 " training images for batch size " + std::to_string(o.batch_size));
   }
-  const data::Normalization norm = data::ComputeNormalization(train_set);
+  // A run that starts from a checkpoint keeps that checkpoint's normalization (below).
+  data::Normalization norm = data::ComputeNormalization(train_set);
   const auto num_classes = static_cast<int64_t>(dataset.class_names.size());
   const ModelShape shape{train_set.channels, train_set.height, train_set.width, num_classes};
 
@@ -264,12 +266,26 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
             saved.value("precision", "?") + "; resume with the same options");
       }
       model = ckpt.model;
+      meta.widths = ckpt.meta.widths;
+      norm = meta.normalization = ckpt.meta.normalization;
       meta.best_val_accuracy = ckpt.meta.best_val_accuracy;
       meta.best_epoch = ckpt.meta.best_epoch;
       meta.val_accuracy = ckpt.meta.val_accuracy;
       start_epoch = ckpt.meta.epoch;
       start_batch = ckpt.meta.batch;
       history = ReadMetricsCsv(o.out_dir / "metrics.csv", start_epoch);
+    } else if (!o.init_from.empty()) {
+      KILN_ASSIGN_OR_RETURN(Checkpoint init, LoadCheckpoint(o.init_from));
+      if (init.meta.arch != o.arch || init.meta.shape.channels != shape.channels ||
+          init.meta.shape.height != shape.height || init.meta.shape.width != shape.width ||
+          init.meta.shape.num_classes != shape.num_classes) {
+        return InvalidArgumentError(o.init_from.string() + " holds a " + init.meta.arch +
+                                    " model for other data; it cannot start a " + o.arch +
+                                    " run on this data set");
+      }
+      model = init.model;
+      meta.widths = init.meta.widths;
+      norm = meta.normalization = init.meta.normalization;
     } else {
       KILN_ASSIGN_OR_RETURN(model, CreateModel(o.arch, shape));
     }

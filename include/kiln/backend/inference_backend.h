@@ -56,6 +56,9 @@ struct BackendOptions {
   // OpenMP threads for 2 cores (seen: a 58 s epoch became 700 s).
   bool allow_spinning = false;
   std::string optimized_model_path;  // onnxruntime: save the optimized graph here if set
+  // onnxruntime: leave every session option at ONNX Runtime's own default (threads, spinning,
+  // arena, level): the "ONNX Runtime default settings" peer of `kiln bench`.
+  bool runtime_defaults = false;
   bool channels_last = true;         // libtorch: feed NHWC (channels-last) tensors
   bool freeze = true;                // libtorch: torch::jit::freeze + optimize_for_inference
   // libtorch: input shape [C, H, W] per sample. TorchScript files carry no input shape: Kiln's

@@ -49,6 +49,9 @@ struct LoaderOptions {
   AugmentOptions augmentation;
   uint64_t seed = 0;
 
+  // Every image once, in set order, unaugmented, the last batch possibly short: evaluation.
+  static LoaderOptions InOrder(int64_t batch_size);
+
   Status Validate() const;
 };
 

@@ -25,6 +25,7 @@ namespace kiln::train {
 struct CheckpointMeta {
   std::string arch;
   ModelShape shape;
+  ModelWidths widths;  // layers narrower than the architecture's default (pruned models)
   std::vector<std::string> class_names;
   data::Normalization normalization;
   std::string train_options_json;  // the TrainOptions of the run, as JSON

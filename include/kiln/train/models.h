@@ -16,6 +16,7 @@
 
 #include <torch/torch.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -44,8 +45,19 @@ inline constexpr double kResNetHeadScale = 0.125;
 
 std::vector<std::string> ArchitectureNames();
 
-// Creates a freshly initialised model. Unknown names and impossible shapes are InvalidArgument.
-Result<std::shared_ptr<Classifier>> CreateModel(const std::string& arch, const ModelShape& shape);
+// Output channels of individual convolutions, by layer name, where they differ from the
+// architecture's defaults (structured pruning makes them smaller). Layers: seed-cnn "conv1",
+// "conv2", "conv3"; kiln-resnet/resnet9 "prep", "layer1" (also res1b, whose output is added to
+// it), "res1a", "layer2", "layer3" (also res3b), "res3a".
+using ModelWidths = std::map<std::string, int64_t>;
+
+// The layer names ModelWidths accepts for `arch` (empty for an unknown arch).
+std::vector<std::string> WidthLayers(const std::string& arch);
+
+// Creates a freshly initialised model. Unknown names, unknown width layers and impossible
+// shapes are InvalidArgument.
+Result<std::shared_ptr<Classifier>> CreateModel(const std::string& arch, const ModelShape& shape,
+                                                const ModelWidths& widths = {});
 
 // Number of trainable parameters.
 int64_t CountParameters(const torch::nn::Module& model);

@@ -60,6 +60,9 @@ struct TrainOptions {
   uint64_t seed = 1;
   std::filesystem::path out_dir = "runs/train";
   bool resume = false;  // continue from out_dir/resume.ckpt
+  // Start from this checkpoint's weights (and layer widths and normalization) instead of a
+  // fresh model: fine-tuning, e.g. after pruning. Its arch must equal `arch`.
+  std::filesystem::path init_from;
 
   // Recommended settings for an architecture (epochs, batch, lr, ...); other fields default.
   static TrainOptions ForArch(const std::string& arch);

@@ -35,6 +35,28 @@ DataType FromOrt(ONNXTensorElementDataType t) {
   }
 }
 
+// Kiln's session settings (see BackendOptions).
+void ConfigureSession(const BackendOptions& o, Ort::SessionOptions& so) {
+  so.SetIntraOpNumThreads(o.intra_op_threads);
+  so.SetInterOpNumThreads(o.inter_op_threads);
+  so.SetExecutionMode(o.parallel_execution ? ORT_PARALLEL : ORT_SEQUENTIAL);
+  GraphOptimizationLevel level = ORT_ENABLE_ALL;
+  if (o.graph_optimization == "disable") level = ORT_DISABLE_ALL;
+  if (o.graph_optimization == "basic") level = ORT_ENABLE_BASIC;
+  if (o.graph_optimization == "extended") level = ORT_ENABLE_EXTENDED;
+  so.SetGraphOptimizationLevel(level);
+  if (!o.memory_arena) so.DisableCpuMemArena();
+  if (!o.memory_pattern) so.DisableMemPattern();
+  so.AddConfigEntry(kOrtSessionOptionsConfigAllowIntraOpSpinning, o.allow_spinning ? "1" : "0");
+  so.AddConfigEntry(kOrtSessionOptionsConfigAllowInterOpSpinning, o.allow_spinning ? "1" : "0");
+  if (!o.optimized_model_path.empty()) {
+    so.SetOptimizedModelFilePath(o.optimized_model_path.c_str());
+    // Saving at level "all" warns that the file is specific to this CPU; callers that do
+    // it (to inspect the graph ONNX Runtime runs) know.
+    if (level == ORT_ENABLE_ALL) so.SetLogSeverityLevel(ORT_LOGGING_LEVEL_ERROR);
+  }
+}
+
 class OrtBackend : public InferenceBackend {
  public:
   static Result<std::unique_ptr<InferenceBackend>> Create(const BackendOptions& o) {
@@ -44,20 +66,7 @@ class OrtBackend : public InferenceBackend {
     auto backend = std::unique_ptr<OrtBackend>(new OrtBackend());
     try {
       Ort::SessionOptions so;
-      so.SetIntraOpNumThreads(o.intra_op_threads);
-      so.SetInterOpNumThreads(o.inter_op_threads);
-      so.SetExecutionMode(o.parallel_execution ? ORT_PARALLEL : ORT_SEQUENTIAL);
-      GraphOptimizationLevel level = ORT_ENABLE_ALL;
-      if (o.graph_optimization == "disable") level = ORT_DISABLE_ALL;
-      if (o.graph_optimization == "basic") level = ORT_ENABLE_BASIC;
-      if (o.graph_optimization == "extended") level = ORT_ENABLE_EXTENDED;
-      so.SetGraphOptimizationLevel(level);
-      if (!o.memory_arena) so.DisableCpuMemArena();
-      if (!o.memory_pattern) so.DisableMemPattern();
-      so.AddConfigEntry(kOrtSessionOptionsConfigAllowIntraOpSpinning, o.allow_spinning ? "1" : "0");
-      so.AddConfigEntry(kOrtSessionOptionsConfigAllowInterOpSpinning, o.allow_spinning ? "1" : "0");
-      if (!o.optimized_model_path.empty())
-        so.SetOptimizedModelFilePath(o.optimized_model_path.c_str());
+      if (!o.runtime_defaults) ConfigureSession(o, so);
       backend->session_ = std::make_unique<Ort::Session>(SharedEnv(), o.model_path.c_str(), so);
       Ort::AllocatorWithDefaultOptions alloc;
       for (size_t i = 0; i < backend->session_->GetInputCount(); ++i) {
@@ -159,6 +168,68 @@ class OrtBackend : public InferenceBackend {
 
 Result<std::unique_ptr<InferenceBackend>> CreateOnnxRuntimeBackend(const BackendOptions& options) {
   return OrtBackend::Create(options);
+}
+
+struct OnnxTapSession::Impl {
+  std::unique_ptr<Ort::Session> session;
+  std::string input_name;
+  std::vector<std::string> output_names;
+};
+
+OnnxTapSession::OnnxTapSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OnnxTapSession::~OnnxTapSession() = default;
+
+const std::vector<std::string>& OnnxTapSession::output_names() const {
+  return impl_->output_names;
+}
+
+Result<std::unique_ptr<OnnxTapSession>> OnnxTapSession::Create(const std::string& model_bytes,
+                                                               int threads) {
+  auto impl = std::make_unique<Impl>();
+  try {
+    Ort::SessionOptions so;
+    so.SetIntraOpNumThreads(threads);
+    so.SetInterOpNumThreads(1);
+    so.AddConfigEntry(kOrtSessionOptionsConfigAllowIntraOpSpinning, "0");
+    so.AddConfigEntry(kOrtSessionOptionsConfigAllowInterOpSpinning, "0");
+    impl->session = std::make_unique<Ort::Session>(SharedEnv(), model_bytes.data(),
+                                                   model_bytes.size(), so);
+    Ort::AllocatorWithDefaultOptions alloc;
+    if (impl->session->GetInputCount() != 1) {
+      return InvalidArgumentError("calibration needs a model with exactly one input");
+    }
+    impl->input_name = impl->session->GetInputNameAllocated(0, alloc).get();
+    for (size_t i = 0; i < impl->session->GetOutputCount(); ++i) {
+      impl->output_names.push_back(impl->session->GetOutputNameAllocated(i, alloc).get());
+    }
+  } catch (const Ort::Exception& e) {
+    return InvalidArgumentError(std::string("ONNX Runtime cannot load the model: ") + e.what());
+  }
+  return std::unique_ptr<OnnxTapSession>(new OnnxTapSession(std::move(impl)));
+}
+
+Status OnnxTapSession::Run(const float* input, const std::vector<int64_t>& shape,
+                           const Sink& sink) {
+  try {
+    size_t count = 1;
+    for (int64_t d : shape) count *= static_cast<size_t>(d);
+    auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    Ort::Value in = Ort::Value::CreateTensor<float>(mem, const_cast<float*>(input), count,
+                                                    shape.data(), shape.size());
+    const char* in_name = impl_->input_name.c_str();
+    std::vector<const char*> out_names;
+    for (const auto& n : impl_->output_names) out_names.push_back(n.c_str());
+    std::vector<Ort::Value> outs = impl_->session->Run(Ort::RunOptions{nullptr}, &in_name, &in, 1,
+                                                       out_names.data(), out_names.size());
+    for (size_t i = 0; i < outs.size(); ++i) {
+      auto info = outs[i].GetTensorTypeAndShapeInfo();
+      if (info.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT) continue;
+      sink(i, outs[i].GetTensorData<float>(), info.GetElementCount());
+    }
+  } catch (const Ort::Exception& e) {
+    return InternalError(std::string("ONNX Runtime run failed: ") + e.what());
+  }
+  return Status::Ok();
 }
 
 }  // namespace kiln::backend
