@@ -21,6 +21,8 @@ void RegisterEvalCommand(CLI::App& app, Runner* run);
 void RegisterExportCommand(CLI::App& app, Runner* run);
 void RegisterPredictCommand(CLI::App& app, Runner* run);
 void RegisterOptimizeCommand(CLI::App& app, Runner* run);
+void RegisterBenchCommand(CLI::App& app, Runner* run);
+void RegisterPipelineCommand(CLI::App& app, Runner* run);
 void RegisterVersionCommand(CLI::App& app, Runner* run);
 
 // What an exported model says about its input and output (Kiln metadata, see
@@ -32,6 +34,9 @@ struct ModelMetadata {
 };
 Result<ModelMetadata> ReadModelMetadata(const backend::InferenceBackend& engine,
                                         const std::string& model_path);
+
+// The command line kiln was started with (for reports).
+const std::string& CommandLine();
 
 // Set by the first SIGINT/SIGTERM; long commands poll it and stop cleanly.
 const std::atomic<bool>& StopRequested();

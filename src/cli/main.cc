@@ -21,6 +21,9 @@ void OnSignal(int) {
 }  // namespace
 
 const std::atomic<bool>& StopRequested() { return g_stop; }
+
+std::string g_command_line;
+const std::string& CommandLine() { return g_command_line; }
 const char* DefaultDataPath() { return "data/cifar-10-binary.tar.gz"; }
 
 }  // namespace kiln::cli
@@ -41,6 +44,11 @@ int main(int argc, char** argv) {
   kiln::cli::RegisterExportCommand(app, &run);
   kiln::cli::RegisterPredictCommand(app, &run);
   kiln::cli::RegisterOptimizeCommand(app, &run);
+  kiln::cli::RegisterBenchCommand(app, &run);
+  kiln::cli::RegisterPipelineCommand(app, &run);
+  for (int i = 0; i < argc; ++i) {
+    kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
+  }
   kiln::cli::RegisterVersionCommand(app, &run);
   if (argc > 1 && argv[1][0] != '-') {  // name the unknown command instead of CLI11's generic text
     std::string names;

@@ -1,0 +1,60 @@
+// `kiln bench`: every variant of a `kiln optimize` manifest x every engine that runs it x batch
+// sizes x thread counts, measured the same way on the same real test images, plus the peers a
+// user compares against (PyTorch eager and TorchScript in Python, ONNX Runtime's default
+// settings), written as report.json, REPORT.md and PNG plots.
+//
+// Method (also written into every report):
+//   * inputs: the first max(batch) test images, normalized with the model's own statistics;
+//     the same buffer for every engine;
+//   * warm-up: at least `warmup_runs` runs and `warmup_seconds`;
+//   * timed runs until at least `min_runs` runs and `min_seconds` have passed AND the medians of
+//     the first and second half of the runs differ by at most `stable_tolerance` (stable); a
+//     cell that is not stable after `max_seconds` is reported with "stable": false;
+//   * latency statistics over all timed runs; images/s = batch / median latency;
+//   * peak memory: the process's peak resident set (VmHWM), reset before each cell.
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <iosfwd>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "kiln/core/status.h"
+
+namespace kiln::bench {
+
+struct BenchOptions {
+  std::filesystem::path manifest;            // from kiln optimize
+  std::filesystem::path data;                // CIFAR-10 (test images as inputs)
+  std::filesystem::path out_dir;             // report.json, REPORT.md, *.png
+  std::vector<std::string> variants;         // empty = every variant with status "ok"
+  std::vector<std::string> engines = {"onnxruntime", "libtorch", "onnxruntime-default"};
+  std::vector<int64_t> batch_sizes = {1, 8, 32, 64, 256};
+  std::vector<int> threads = {1, 2};
+  int warmup_runs = 3;
+  double warmup_seconds = 0.2;
+  int min_runs = 10;
+  double min_seconds = 1.0;
+  double max_seconds = 5.0;
+  double stable_tolerance = 0.03;
+  bool peers = true;                        // run bench/peers.py (Python PyTorch)
+  std::string python = "/usr/bin/python3";  // Debian's Python, which sees python3-torch
+  std::filesystem::path peers_script;       // default: the source tree's bench/peers.py
+  std::string command_line;                 // recorded in the report
+
+  // A smoke profile: batch 1 and 64, 2 threads, short windows (under 2 minutes in all).
+  void ApplyQuick();
+  Status Validate() const;
+};
+
+// Runs the benchmark and writes report.json, REPORT.md and the plots into out_dir.
+Result<nlohmann::json> RunBench(const BenchOptions& options, std::ostream* progress,
+                                const std::atomic<bool>* stop);
+
+// Writes REPORT.md and the PNG plots for a report.json object (kept separate so a report can
+// be re-rendered).
+Status WriteReport(const nlohmann::json& report, const std::filesystem::path& out_dir);
+
+}  // namespace kiln::bench

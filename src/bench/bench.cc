@@ -1,0 +1,444 @@
+#include "kiln/bench/bench.h"
+
+#include <sys/utsname.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include "kiln/backend/inference_backend.h"
+#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/bench/roof.h"
+#include "kiln/core/version.h"
+#include "kiln/data/cifar10.h"
+#include "kiln/data/loader.h"
+#include "kiln/train/checkpoint.h"
+
+#ifndef KILN_SOURCE_DIR
+#define KILN_SOURCE_DIR "."
+#endif
+
+namespace kiln::bench {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+std::string ReadFile(const fs::path& file) {
+  std::ifstream in(file);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// "model name", MemTotal and the SIMD flags that matter for inference.
+json MachineInfo() {
+  json m;
+  const std::string cpuinfo = ReadFile("/proc/cpuinfo");
+  std::istringstream lines(cpuinfo);
+  std::string line;
+  std::string flags;
+  while (std::getline(lines, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string key = line.substr(0, line.find_last_not_of(" \t", colon - 1) + 1);
+    std::string value = colon + 2 <= line.size() ? line.substr(colon + 2) : "";
+    if (key == "model name" && !m.contains("cpu")) m["cpu"] = value;
+    if (key == "flags" && flags.empty()) flags = " " + value + " ";
+  }
+  json f = json::array();
+  for (const char* want : {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8",
+                           "amx_bf16"}) {
+    if (flags.find(std::string(" ") + want + " ") != std::string::npos) f.push_back(want);
+  }
+  m["flags"] = f;
+  m["logical_cpus"] = std::thread::hardware_concurrency();
+  std::istringstream mem(ReadFile("/proc/meminfo"));
+  while (std::getline(mem, line)) {
+    if (line.rfind("MemTotal:", 0) == 0) {
+      m["memory_bytes"] = std::stoll(line.substr(9)) * 1024;
+      break;
+    }
+  }
+  utsname u{};
+  if (uname(&u) == 0) m["kernel"] = std::string(u.sysname) + " " + u.release;
+  return m;
+}
+
+// Peak resident set of this process since the last ResetPeakRss() (Linux VmHWM).
+void ResetPeakRss() {
+  std::ofstream clear("/proc/self/clear_refs");
+  clear << "5";
+}
+int64_t PeakRssBytes() {
+  std::istringstream s(ReadFile("/proc/self/status"));
+  std::string line;
+  while (std::getline(s, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p / 100.0 * static_cast<double>(v.size() - 1);
+  const auto lo = static_cast<size_t>(std::floor(rank));
+  const size_t hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
+}
+
+struct Timing {
+  std::vector<double> ms;
+  bool stable = false;
+};
+
+// Warm-up, then timed runs until the stability rule holds (see bench.h).
+Result<Timing> Measure(backend::InferenceBackend& engine, const float* input, int64_t batch,
+                       std::vector<float>& output, const BenchOptions& o) {
+  output.resize(static_cast<size_t>(batch * engine.OutputElementsPerSample()));
+  const auto w0 = Clock::now();
+  for (int r = 0; r < o.warmup_runs ||
+                  std::chrono::duration<double>(Clock::now() - w0).count() < o.warmup_seconds;
+       ++r) {
+    KILN_RETURN_IF_ERROR(engine.Run(input, batch, output.data()));
+  }
+  Timing t;
+  const auto start = Clock::now();
+  for (;;) {
+    const auto t0 = Clock::now();
+    KILN_RETURN_IF_ERROR(engine.Run(input, batch, output.data()));
+    t.ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
+    const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    if (static_cast<int>(t.ms.size()) >= o.min_runs && elapsed >= o.min_seconds) {
+      const size_t half = t.ms.size() / 2;
+      const double a = Percentile(std::vector<double>(t.ms.begin(), t.ms.begin() + half), 50);
+      const double b = Percentile(std::vector<double>(t.ms.begin() + half, t.ms.end()), 50);
+      if (std::fabs(a - b) <= o.stable_tolerance * std::max(a, b)) {
+        t.stable = true;
+        break;
+      }
+    }
+    if (elapsed >= o.max_seconds && static_cast<int>(t.ms.size()) >= 3) break;
+  }
+  return t;
+}
+
+json Stats(const Timing& t, int64_t batch) {
+  const double median = Percentile(t.ms, 50);
+  return {{"runs", t.ms.size()},
+          {"stable", t.stable},
+          {"median_ms", median},
+          {"p90_ms", Percentile(t.ms, 90)},
+          {"p99_ms", Percentile(t.ms, 99)},
+          {"min_ms", *std::min_element(t.ms.begin(), t.ms.end())},
+          {"max_ms", *std::max_element(t.ms.begin(), t.ms.end())},
+          {"images_per_second", median > 0 ? 1000.0 * static_cast<double>(batch) / median : 0.0}};
+}
+
+std::string Join(const std::vector<int64_t>& v) {
+  std::string s;
+  for (int64_t x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+  return s;
+}
+
+// Runs bench/peers.py; returns its JSON or {"available": false, "reason": ...}.
+json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_dir,
+              const fs::path& inputs, int64_t images, const json& shape, std::ostream* progress) {
+  json unavailable = {{"available", false}};
+  if (!fp32.contains("torchscript_file")) {
+    unavailable["reason"] = "the FP32 variant has no TorchScript file to load in Python";
+    return unavailable;
+  }
+  const fs::path script = o.peers_script.empty()
+                              ? fs::path(KILN_SOURCE_DIR) / "bench" / "peers.py"
+                              : o.peers_script;
+  if (!fs::exists(script)) {
+    unavailable["reason"] = "peer script " + script.string() + " not found";
+    return unavailable;
+  }
+  const fs::path out = o.out_dir / "peers.json";
+  std::error_code ec;
+  fs::remove(out, ec);
+  std::vector<int64_t> threads(o.threads.begin(), o.threads.end());
+  std::ostringstream cmd;
+  cmd << "'" << o.python << "' '" << script.string() << "' --torchscript '"
+      << (manifest_dir / fp32["torchscript_file"].get<std::string>()).string() << "' --inputs '"
+      << inputs.string() << "' --images " << images << " --shape " << shape[1] << ","
+      << shape[2] << "," << shape[3] << " --batch-sizes " << Join(o.batch_sizes)
+      << " --threads " << Join(threads) << " --warmup-runs " << o.warmup_runs
+      << " --warmup-seconds " << o.warmup_seconds << " --min-runs " << o.min_runs
+      << " --min-seconds " << o.min_seconds << " --max-seconds " << o.max_seconds
+      << " --stable-tolerance " << o.stable_tolerance << " --output '" << out.string() << "'";
+  if (progress) *progress << "[bench] peers: " << cmd.str() << "\n" << std::flush;
+  const int rc = std::system((cmd.str() + " 1>&2").c_str());
+  if (!fs::exists(out)) {
+    unavailable["reason"] = "peer script failed (exit " + std::to_string(rc) +
+                            "); is python3-torch installed for " + o.python + "?";
+    return unavailable;
+  }
+  try {
+    return json::parse(ReadFile(out));
+  } catch (const json::exception& e) {
+    unavailable["reason"] = std::string("peer output is not JSON: ") + e.what();
+    return unavailable;
+  }
+}
+
+}  // namespace
+
+void BenchOptions::ApplyQuick() {
+  batch_sizes = {1, 64};
+  threads = {2};
+  warmup_runs = 2;
+  warmup_seconds = 0.05;
+  min_runs = 5;
+  min_seconds = 0.2;
+  max_seconds = 0.6;
+}
+
+Status BenchOptions::Validate() const {
+  if (manifest.empty()) return InvalidArgumentError("a manifest.json is required (--manifest)");
+  if (batch_sizes.empty() || threads.empty()) {
+    return InvalidArgumentError("batch sizes and thread counts must not be empty");
+  }
+  for (int64_t b : batch_sizes) {
+    if (b < 1 || b > 4096) return InvalidArgumentError("batch sizes must be in [1, 4096]");
+  }
+  for (int t : threads) {
+    if (t < 1 || t > 256) return InvalidArgumentError("thread counts must be in [1, 256]");
+  }
+  for (const auto& e : engines) {
+    if (e != "onnxruntime" && e != "libtorch" && e != "onnxruntime-default") {
+      return InvalidArgumentError("unknown engine '" + e +
+                                  "' (onnxruntime, libtorch, onnxruntime-default)");
+    }
+  }
+  if (min_runs < 3 || min_seconds < 0 || max_seconds < min_seconds || stable_tolerance <= 0) {
+    return InvalidArgumentError("need min_runs >= 3 and 0 <= min_seconds <= max_seconds");
+  }
+  return Status::Ok();
+}
+
+Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
+                      const std::atomic<bool>* stop) {
+  KILN_RETURN_IF_ERROR(o.Validate());
+  auto say = [&](const std::string& s) {
+    if (progress) *progress << "[bench] " << s << "\n" << std::flush;
+  };
+  if (!fs::exists(o.manifest)) return NotFoundError(o.manifest.string() + ": no such manifest");
+  json manifest;
+  try {
+    manifest = json::parse(ReadFile(o.manifest));
+    (void)manifest.at("variants").size();
+  } catch (const json::exception& e) {
+    return InvalidArgumentError(o.manifest.string() + ": not a kiln optimize manifest (" +
+                                e.what() + ")");
+  }
+  const fs::path dir = o.manifest.parent_path();
+  std::error_code ec;
+  fs::create_directories(o.out_dir, ec);
+  if (ec) return InvalidArgumentError("cannot create " + o.out_dir.string() + ": " + ec.message());
+
+  // Inputs: the first max(batch) test images, normalized with the model's statistics.
+  const int64_t n_inputs = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
+  data::Normalization norm;
+  json shape;
+  std::vector<float> inputs;
+  {
+    say("loading test images from " + o.data.string());
+    KILN_ASSIGN_OR_RETURN(data::Dataset ds, data::LoadCifar10(o.data));
+    try {
+      norm.mean = manifest.at("normalization").at("mean").get<std::vector<float>>();
+      norm.std = manifest.at("normalization").at("std").get<std::vector<float>>();
+    } catch (const json::exception& e) {
+      return InvalidArgumentError(o.manifest.string() + ": no normalization");
+    }
+    const data::ImageSet& test = ds.test;
+    if (static_cast<int64_t>(norm.mean.size()) != test.channels) {
+      return InvalidArgumentError("the model's normalization does not match the data's channels");
+    }
+    shape = {n_inputs, test.channels, test.height, test.width};
+    inputs.resize(static_cast<size_t>(n_inputs * test.image_bytes()));
+    for (int64_t i = 0; i < n_inputs; ++i) {
+      data::NormalizeImage(test.image(i % test.size()), test.channels, test.height * test.width,
+                           norm, inputs.data() + i * test.image_bytes());
+    }
+  }  // the data set is freed before anything is measured
+  const fs::path inputs_file = o.out_dir / "inputs.f32";
+  {
+    std::ofstream f(inputs_file, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(inputs.data()),
+            static_cast<std::streamsize>(inputs.size() * sizeof(float)));
+    if (!f) return InternalError("cannot write " + inputs_file.string());
+  }
+
+  say("measuring this machine's roof (FP32 FMA, INT8 dot products)");
+  const Roof roof = MeasureRoof(o.threads);
+  json roof_json = {{"isa", roof.isa}, {"points", json::array()}};
+  for (const RoofPoint& p : roof.points) {
+    roof_json["points"].push_back(
+        {{"threads", p.threads}, {"fp32_gflops", p.fp32_gflops}, {"int8_gops", p.int8_gops}});
+    char line[160];
+    std::snprintf(line, sizeof line, "roof at %d thread%s: FP32 %.1f GFLOP/s, INT8 %.1f GOP/s (%s)",
+                  p.threads, p.threads == 1 ? "" : "s", p.fp32_gflops, p.int8_gops,
+                  roof.isa.c_str());
+    say(line);
+  }
+
+  json variants = json::array();
+  json results = json::array();
+  json fp32_entry;
+  std::vector<int64_t> reference_top1;  // ONNX Runtime FP32 top-1 on the inputs (peer check)
+  for (const json& v : manifest["variants"]) {
+    const std::string name = v.value("name", "");
+    if (v.value("status", "") != "ok") continue;
+    if (!o.variants.empty() &&
+        std::find(o.variants.begin(), o.variants.end(), name) == o.variants.end()) {
+      continue;
+    }
+    if (name == "fp32") fp32_entry = v;
+    variants.push_back(v);
+    const bool integer = v.value("precision", "") == "int8";
+    const auto flops = v.value("flops_per_image", int64_t{0});
+    struct Engine {
+      std::string label;    // as reported
+      std::string backend;  // CreateBackend name
+      fs::path file;
+      bool defaults = false;
+    };
+    std::vector<Engine> engines;
+    auto wants = [&](const std::string& e) {
+      return std::find(o.engines.begin(), o.engines.end(), e) != o.engines.end();
+    };
+    if (wants("onnxruntime")) engines.push_back({"onnxruntime", "onnxruntime", dir / v["file"].get<std::string>()});
+    if (wants("libtorch") && v.contains("torchscript_file")) {
+      engines.push_back({"libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>()});
+    }
+    if (wants("onnxruntime-default") && name == "fp32") {
+      engines.push_back({"onnxruntime-default", "onnxruntime", dir / v["file"].get<std::string>(), true});
+    }
+    for (const Engine& e : engines) {
+      // ONNX Runtime's defaults choose their own thread count: measured once.
+      std::vector<int> thread_list = o.threads;
+      if (e.defaults) thread_list = {0};
+      for (int threads : thread_list) {
+        backend::BackendOptions bo;
+        bo.model_path = e.file.string();
+        bo.intra_op_threads = std::max(threads, 1);
+        bo.runtime_defaults = e.defaults;
+        ResetPeakRss();
+        KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(e.backend, bo));
+        const int64_t per_sample = engine->InputElementsPerSample();
+        if (per_sample * n_inputs != static_cast<int64_t>(inputs.size())) {
+          return InvalidArgumentError(e.file.string() + " does not take the test images' shape");
+        }
+        std::vector<float> out;
+        for (int64_t batch : o.batch_sizes) {
+          if (stop && stop->load()) return CancelledError("bench interrupted");
+          KILN_ASSIGN_OR_RETURN(Timing t, Measure(*engine, inputs.data(), batch, out, o));
+          json cell = Stats(t, batch);
+          cell["variant"] = name;
+          cell["engine"] = e.label;
+          cell["threads"] = threads == 0 ? json("default") : json(threads);
+          cell["batch"] = batch;
+          cell["peak_rss_bytes"] = PeakRssBytes();
+          const double achieved = static_cast<double>(flops) * cell["images_per_second"].get<double>();
+          cell["achieved_gflops"] = achieved / 1e9;
+          // ONNX Runtime's default uses every core: compare with the largest thread count.
+          const RoofPoint* rp =
+              roof.At(threads > 0 ? threads : *std::max_element(o.threads.begin(), o.threads.end()));
+          const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
+          cell["roof_fraction"] = peak > 0 ? achieved / 1e9 / peak : 0.0;
+          results.push_back(cell);
+          if (name == "fp32" && e.label == "onnxruntime" && batch == n_inputs &&
+              reference_top1.empty()) {
+            const int64_t k = engine->OutputElementsPerSample();
+            for (int64_t i = 0; i < batch; ++i) {
+              const float* row = out.data() + i * k;
+              reference_top1.push_back(std::max_element(row, row + k) - row);
+            }
+          }
+          char line[200];
+          std::snprintf(line, sizeof line,
+                        "%-16s %-20s threads %-7s batch %4lld: median %8.3f ms, %9.1f img/s%s",
+                        name.c_str(), e.label.c_str(),
+                        threads == 0 ? "default" : std::to_string(threads).c_str(),
+                        static_cast<long long>(batch), cell["median_ms"].get<double>(),
+                        cell["images_per_second"].get<double>(), t.stable ? "" : " (unstable)");
+          say(line);
+        }
+      }
+    }
+  }
+  if (variants.empty()) return InvalidArgumentError("no variant of the manifest to benchmark");
+
+  json peers = {{"available", false}, {"reason", "disabled (--no-peers)"}};
+  if (o.peers && !fp32_entry.is_null()) {
+    peers = RunPeers(o, fp32_entry, dir, inputs_file, n_inputs, shape, progress);
+    // The peers must run the same weights: compare their top-1 with ONNX Runtime's.
+    if (peers.value("available", false) && peers.contains("top1") && !reference_top1.empty()) {
+      const auto top1 = peers["top1"].get<std::vector<int64_t>>();
+      int64_t same = 0;
+      for (size_t i = 0; i < top1.size() && i < reference_top1.size(); ++i) {
+        same += top1[i] == reference_top1[i] ? 1 : 0;
+      }
+      peers["top1_agreement_with_onnxruntime"] =
+          static_cast<double>(same) / static_cast<double>(reference_top1.size());
+    }
+  } else if (o.peers) {
+    peers["reason"] = "no fp32 variant selected";
+  }
+  if (!peers.value("available", false)) say("peers unavailable: " + peers.value("reason", "?"));
+
+  std::time_t now = std::time(nullptr);
+  char date[32];
+  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  auto ort = backend::OnnxRuntimeVersion();
+  json report = {
+      {"format", "kiln-bench-1"},
+      {"created", date},
+      {"command", o.command_line},
+      {"manifest", o.manifest.string()},
+      {"machine", MachineInfo()},
+      {"versions",
+       {{"kiln", Version()},
+        {"onnxruntime", ort.ok() ? *ort : "unavailable"},
+        {"libtorch", train::TorchVersion()},
+        {"python_torch", peers.value("torch_version", "unavailable")}}},
+      {"method",
+       {{"inputs", std::to_string(n_inputs) + " CIFAR-10 test images (the first ones), normalized "
+                   "with the model's statistics; the same buffer for every engine"},
+        {"warmup_runs", o.warmup_runs},
+        {"warmup_seconds", o.warmup_seconds},
+        {"min_runs", o.min_runs},
+        {"min_seconds", o.min_seconds},
+        {"max_seconds", o.max_seconds},
+        {"stable_tolerance", o.stable_tolerance},
+        {"stability_rule",
+         "timed runs continue until at least min_runs runs and min_seconds have passed and the "
+         "medians of the first and second half of the runs differ by at most stable_tolerance; "
+         "after max_seconds the cell is reported as not stable"},
+        {"images_per_second", "batch / median latency"},
+        {"peak_memory", "peak resident set of the benchmark process (VmHWM) during the cell, "
+                        "libraries and model included"},
+        {"roof_fraction", "flops_per_image x images/s over the measured FP32 (or INT8) roof at the "
+                          "same thread count"}}},
+      {"roof", roof_json},
+      {"model", {{"arch", manifest.value("arch", "")}, {"labels", manifest.value("labels", json::array())}}},
+      {"variants", variants},
+      {"results", results},
+      {"peers", peers}};
+  KILN_RETURN_IF_ERROR(WriteReport(report, o.out_dir));
+  return report;
+}
+
+}  // namespace kiln::bench

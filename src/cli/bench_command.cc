@@ -1,0 +1,80 @@
+// kiln bench
+#include <filesystem>
+#include <iostream>
+
+#include "commands.h"
+#include "kiln/bench/bench.h"
+
+namespace kiln::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct BenchArgs {
+  bench::BenchOptions opt;
+  std::string manifest;
+  std::string out_dir;
+  std::string data = DefaultDataPath();
+  bool quick = false;
+  bool no_peers = false;
+};
+
+int RunBenchCommand(BenchArgs a) {
+  bench::BenchOptions& o = a.opt;
+  if (a.quick) o.ApplyQuick();
+  o.manifest = a.manifest;
+  o.data = a.data;
+  o.out_dir = a.out_dir.empty() ? fs::path(a.manifest).parent_path().parent_path() / "bench"
+                                : fs::path(a.out_dir);
+  o.peers = !a.no_peers;
+  o.command_line = CommandLine();
+  auto r = bench::RunBench(o, &std::cerr, &StopRequested());
+  if (!r.ok()) {
+    std::cerr << "kiln bench: " << r.status().ToString() << "\n";
+    if (r.status().code() == StatusCode::kCancelled) return kExitInterrupted;
+    return r.status().code() == StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
+  }
+  std::cout << "wrote " << (o.out_dir / "REPORT.md").string() << ", report.json, throughput.png, "
+            << "latency_batch1.png, pareto.png\n";
+  return 0;
+}
+
+}  // namespace
+
+void RegisterBenchCommand(CLI::App& app, Runner* run) {
+  auto a = std::make_shared<BenchArgs>();
+  bench::BenchOptions& o = a->opt;
+  auto* cmd = app.add_subcommand(
+      "bench",
+      "Benchmark every variant of a kiln optimize manifest on every engine, batch size and thread "
+      "count, with PyTorch peers; writes REPORT.md, report.json and plots");
+  cmd->add_option("--manifest", a->manifest, "manifest.json written by kiln optimize")
+      ->required()
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--output,-o", a->out_dir, "Report folder (default: <run>/bench)");
+  cmd->add_option("--data,--archive", a->data, "CIFAR-10 archive (test images are the inputs)")
+      ->capture_default_str();
+  cmd->add_option("--variants", o.variants, "Only these variants (default: every one that passed)")
+      ->delimiter(',');
+  cmd->add_option("--engines", o.engines, "onnxruntime, libtorch, onnxruntime-default")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")->delimiter(',')->capture_default_str();
+  cmd->add_option("--threads", o.threads, "Thread counts")->delimiter(',')->capture_default_str();
+  cmd->add_option("--min-runs", o.min_runs, "Timed runs per cell, at least")->capture_default_str();
+  cmd->add_option("--min-seconds", o.min_seconds, "Seconds of timed runs per cell, at least")
+      ->capture_default_str();
+  cmd->add_option("--max-seconds", o.max_seconds, "Give up waiting for a stable median after this")
+      ->capture_default_str();
+  cmd->add_option("--stable-tolerance", o.stable_tolerance,
+                  "Medians of the two halves of the runs must agree within this fraction")
+      ->capture_default_str();
+  cmd->add_flag("--quick", a->quick, "Smoke run: batch 1 and 64, 2 threads, short windows");
+  cmd->add_flag("--no-peers", a->no_peers, "Skip the Python PyTorch peers");
+  cmd->add_option("--python", o.python, "Python that runs bench/peers.py")->capture_default_str();
+  cmd->add_option("--peers-script", o.peers_script, "Path of peers.py (default: the source tree's)");
+  cmd->callback([run, a] { *run = [a] { return RunBenchCommand(*a); }; });
+}
+
+}  // namespace kiln::cli
