@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Kiln's main job on a fresh machine: set up, build, then train the default model on the
-# shared CIFAR-10 archive and report its test accuracy. Extra arguments go to `kiln train`.
-#   DATA=path/to/cifar-10-binary.tar.gz scripts/main.sh --epochs 5
+# Kiln's main job on a fresh machine: set up, build, then run the whole pipeline on the shared
+# CIFAR-10 archive (train -> export -> optimize -> bench; about 40 minutes on 2 cores) into
+# runs/pipeline, print the best model and where the report is. Re-running reuses finished
+# stages. Extra arguments go to `kiln pipeline` (e.g. --quick for a few-minute smoke run).
+#   DATA=path/to/cifar-10-binary.tar.gz scripts/main.sh --quick
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -10,4 +12,4 @@ scripts/setup.sh
 cmake --preset release
 cmake --build --preset release
 build/release/kiln data verify --data "$DATA"
-exec build/release/kiln train --data "$DATA" --out runs/kiln-resnet "$@"
+build/release/kiln pipeline --data "$DATA" --out runs/pipeline "$@"

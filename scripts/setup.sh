@@ -53,8 +53,8 @@ PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler
   # CLI, JSON, logging
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
-  # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev
+  # tests and benchmarks; python3-torch is the PyTorch baseline `kiln bench` compares against
+  libgtest-dev libgmock-dev libbenchmark-dev python3-torch
 )
 
 missing=()
