@@ -79,7 +79,7 @@ struct Axes {
 Axes DrawAxes(cv::Mat& img, const std::string& title, const std::string& xlabel,
               const std::string& ylabel, double x0, double x1, double y0, double y1, bool log_x,
               const std::vector<double>& xticks) {
-  Axes a{{80, 40, img.cols - 330, img.rows - 90}, x0, x1, y0, y1, log_x};
+  Axes a{{80, 56, img.cols - 330, img.rows - 106}, x0, x1, y0, y1, log_x};
   const auto font = cv::FONT_HERSHEY_SIMPLEX;
   cv::putText(img, title, {10, 24}, font, 0.6, kInk, 1, cv::LINE_AA);
   for (int k = 0; k <= 5; ++k) {
