@@ -67,6 +67,7 @@ def main():
     p.add_argument("--min-seconds", type=float, default=1.0)
     p.add_argument("--max-seconds", type=float, default=5.0)
     p.add_argument("--stable-tolerance", type=float, default=0.03)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--output", required=True)
     a = p.parse_args()
 
@@ -101,25 +102,32 @@ def main():
     eager.forward = forward.__get__(eager)
     eager.eval()
 
-    results = []
+    pooled = {}  # (threads, engine, batch) -> [all runs], [round medians], stable
     with torch.inference_mode():
         top1 = eager(data).argmax(1).tolist()
         check = (eager(data[:8]) - scripted(data[:8])).abs().max().item()
-        for threads in (int(t) for t in a.threads.split(",")):
-            torch.set_num_threads(threads)
-            for engine, fn in (("pytorch-eager", eager), ("torchscript-python", scripted)):
-                for batch in (int(b) for b in a.batch_sizes.split(",")):
-                    x = data[:batch].contiguous()
-                    ms, stable = measure(fn, x, a)
-                    median = statistics.median(ms)
-                    cell = {"variant": "fp32", "engine": engine, "threads": threads, "batch": batch,
-                            "runs": len(ms), "stable": stable, "median_ms": median,
-                            "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
-                            "min_ms": min(ms), "max_ms": max(ms),
-                            "images_per_second": 1000.0 * batch / median}
-                    results.append(cell)
-                    print(f"[peers] {engine:20s} threads {threads} batch {batch:4d}: median {median:8.3f} ms, "
-                          f"{cell['images_per_second']:9.1f} img/s", file=sys.stderr, flush=True)
+        for rnd in range(a.rounds):
+            for threads in (int(t) for t in a.threads.split(",")):
+                torch.set_num_threads(threads)
+                for engine, fn in (("pytorch-eager", eager), ("torchscript-python", scripted)):
+                    for batch in (int(b) for b in a.batch_sizes.split(",")):
+                        x = data[:batch].contiguous()
+                        ms, stable = measure(fn, x, a)
+                        entry = pooled.setdefault((threads, engine, batch), [[], [], True])
+                        entry[0].extend(ms)
+                        entry[1].append(statistics.median(ms))
+                        entry[2] = entry[2] and stable
+                        print(f"[peers] round {rnd + 1}/{a.rounds} {engine:20s} threads {threads} "
+                              f"batch {batch:4d}: median {entry[1][-1]:8.3f} ms, "
+                              f"{1000.0 * batch / entry[1][-1]:9.1f} img/s", file=sys.stderr, flush=True)
+    results = []
+    for (threads, engine, batch), (ms, medians, stable) in pooled.items():
+        median = statistics.median(ms)
+        results.append({"variant": "fp32", "engine": engine, "threads": threads, "batch": batch,
+                        "runs": len(ms), "stable": stable, "median_ms": median,
+                        "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
+                        "min_ms": min(ms), "max_ms": max(ms), "round_medians_ms": medians,
+                        "images_per_second": 1000.0 * batch / median})
     write({"available": True, "torch_version": torch.__version__, "python": sys.version.split()[0],
            "eager_vs_torchscript_max_abs_diff": check, "top1": top1, "results": results})
     return 0

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -177,7 +178,8 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
       << " --threads " << Join(threads) << " --warmup-runs " << o.warmup_runs
       << " --warmup-seconds " << o.warmup_seconds << " --min-runs " << o.min_runs
       << " --min-seconds " << o.min_seconds << " --max-seconds " << o.max_seconds
-      << " --stable-tolerance " << o.stable_tolerance << " --output '" << out.string() << "'";
+      << " --stable-tolerance " << o.stable_tolerance << " --rounds " << o.rounds << " --output '"
+      << out.string() << "'";
   if (progress) *progress << "[bench] peers: " << cmd.str() << "\n" << std::flush;
   const int rc = std::system((cmd.str() + " 1>&2").c_str());
   if (!fs::exists(out)) {
@@ -196,6 +198,7 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
 }  // namespace
 
 void BenchOptions::ApplyQuick() {
+  rounds = 1;
   batch_sizes = {1, 64};
   threads = {2};
   warmup_runs = 2;
@@ -222,6 +225,7 @@ Status BenchOptions::Validate() const {
                                   "' (onnxruntime, libtorch, onnxruntime-default)");
     }
   }
+  if (rounds < 1 || rounds > 20) return InvalidArgumentError("rounds must be in [1, 20]");
   if (min_runs < 3 || min_seconds < 0 || max_seconds < min_seconds || stable_tolerance <= 0) {
     return InvalidArgumentError("need min_runs >= 3 and 0 <= min_seconds <= max_seconds");
   }
@@ -294,10 +298,21 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     say(line);
   }
 
+  // What to measure: one job per variant x engine x thread count.
+  struct Job {
+    json variant;
+    std::string label;    // engine as reported
+    std::string backend;  // CreateBackend name
+    fs::path file;
+    bool defaults = false;
+    int threads = 1;  // 0 = ONNX Runtime's default
+  };
   json variants = json::array();
-  json results = json::array();
   json fp32_entry;
-  std::vector<int64_t> reference_top1;  // ONNX Runtime FP32 top-1 on the inputs (peer check)
+  std::vector<Job> jobs;
+  auto wants = [&](const std::string& e) {
+    return std::find(o.engines.begin(), o.engines.end(), e) != o.engines.end();
+  };
   for (const json& v : manifest["variants"]) {
     const std::string name = v.value("name", "");
     if (v.value("status", "") != "ok") continue;
@@ -307,79 +322,99 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     }
     if (name == "fp32") fp32_entry = v;
     variants.push_back(v);
-    const bool integer = v.value("precision", "") == "int8";
-    const auto flops = v.value("flops_per_image", int64_t{0});
-    struct Engine {
-      std::string label;    // as reported
-      std::string backend;  // CreateBackend name
-      fs::path file;
-      bool defaults = false;
-    };
-    std::vector<Engine> engines;
-    auto wants = [&](const std::string& e) {
-      return std::find(o.engines.begin(), o.engines.end(), e) != o.engines.end();
-    };
-    if (wants("onnxruntime")) engines.push_back({"onnxruntime", "onnxruntime", dir / v["file"].get<std::string>()});
-    if (wants("libtorch") && v.contains("torchscript_file")) {
-      engines.push_back({"libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>()});
-    }
-    if (wants("onnxruntime-default") && name == "fp32") {
-      engines.push_back({"onnxruntime-default", "onnxruntime", dir / v["file"].get<std::string>(), true});
-    }
-    for (const Engine& e : engines) {
-      // ONNX Runtime's defaults choose their own thread count: measured once.
-      std::vector<int> thread_list = o.threads;
-      if (e.defaults) thread_list = {0};
-      for (int threads : thread_list) {
-        backend::BackendOptions bo;
-        bo.model_path = e.file.string();
-        bo.intra_op_threads = std::max(threads, 1);
-        bo.runtime_defaults = e.defaults;
-        ResetPeakRss();
-        KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(e.backend, bo));
-        const int64_t per_sample = engine->InputElementsPerSample();
-        if (per_sample * n_inputs != static_cast<int64_t>(inputs.size())) {
-          return InvalidArgumentError(e.file.string() + " does not take the test images' shape");
-        }
-        std::vector<float> out;
-        for (int64_t batch : o.batch_sizes) {
-          if (stop && stop->load()) return CancelledError("bench interrupted");
-          KILN_ASSIGN_OR_RETURN(Timing t, Measure(*engine, inputs.data(), batch, out, o));
-          json cell = Stats(t, batch);
-          cell["variant"] = name;
-          cell["engine"] = e.label;
-          cell["threads"] = threads == 0 ? json("default") : json(threads);
-          cell["batch"] = batch;
-          cell["peak_rss_bytes"] = PeakRssBytes();
-          const double achieved = static_cast<double>(flops) * cell["images_per_second"].get<double>();
-          cell["achieved_gflops"] = achieved / 1e9;
-          // ONNX Runtime's default uses every core: compare with the largest thread count.
-          const RoofPoint* rp =
-              roof.At(threads > 0 ? threads : *std::max_element(o.threads.begin(), o.threads.end()));
-          const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
-          cell["roof_fraction"] = peak > 0 ? achieved / 1e9 / peak : 0.0;
-          results.push_back(cell);
-          if (name == "fp32" && e.label == "onnxruntime" && batch == n_inputs &&
-              reference_top1.empty()) {
-            const int64_t k = engine->OutputElementsPerSample();
-            for (int64_t i = 0; i < batch; ++i) {
-              const float* row = out.data() + i * k;
-              reference_top1.push_back(std::max_element(row, row + k) - row);
-            }
-          }
-          char line[200];
-          std::snprintf(line, sizeof line,
-                        "%-16s %-20s threads %-7s batch %4lld: median %8.3f ms, %9.1f img/s%s",
-                        name.c_str(), e.label.c_str(),
-                        threads == 0 ? "default" : std::to_string(threads).c_str(),
-                        static_cast<long long>(batch), cell["median_ms"].get<double>(),
-                        cell["images_per_second"].get<double>(), t.stable ? "" : " (unstable)");
-          say(line);
-        }
+    const fs::path onnx = dir / v["file"].get<std::string>();
+    for (int t : o.threads) {
+      if (wants("onnxruntime")) jobs.push_back({v, "onnxruntime", "onnxruntime", onnx, false, t});
+      if (wants("libtorch") && v.contains("torchscript_file")) {
+        jobs.push_back({v, "libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>(),
+                        false, t});
       }
+    }
+    // ONNX Runtime's defaults choose their own thread count: measured once.
+    if (wants("onnxruntime-default") && name == "fp32") {
+      jobs.push_back({v, "onnxruntime-default", "onnxruntime", onnx, true, 0});
     }
   }
   if (variants.empty()) return InvalidArgumentError("no variant of the manifest to benchmark");
+
+  // Rounds: the whole matrix is measured `rounds` times, one pass after the other, so slow
+  // drift of the machine (other tenants, clock changes) shows up as spread between rounds.
+  struct Samples {
+    std::vector<double> ms;
+    std::vector<double> round_medians;
+    bool stable = true;
+    int64_t peak_rss = 0;
+  };
+  std::map<std::pair<size_t, int64_t>, Samples> samples;  // (job, batch) -> samples
+  std::vector<int64_t> reference_top1;  // ONNX Runtime FP32 top-1 on the inputs (peer check)
+  for (int round = 0; round < o.rounds; ++round) {
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      const Job& job = jobs[j];
+      const std::string name = job.variant.value("name", "");
+      backend::BackendOptions bo;
+      bo.model_path = job.file.string();
+      bo.intra_op_threads = std::max(job.threads, 1);
+      bo.runtime_defaults = job.defaults;
+      ResetPeakRss();
+      KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(job.backend, bo));
+      if (engine->InputElementsPerSample() * n_inputs != static_cast<int64_t>(inputs.size())) {
+        return InvalidArgumentError(job.file.string() + " does not take the test images' shape");
+      }
+      std::vector<float> out;
+      for (int64_t batch : o.batch_sizes) {
+        if (stop && stop->load()) return CancelledError("bench interrupted");
+        KILN_ASSIGN_OR_RETURN(Timing t, Measure(*engine, inputs.data(), batch, out, o));
+        Samples& s = samples[{j, batch}];
+        s.ms.insert(s.ms.end(), t.ms.begin(), t.ms.end());
+        s.round_medians.push_back(Percentile(t.ms, 50));
+        s.stable = s.stable && t.stable;
+        s.peak_rss = std::max(s.peak_rss, PeakRssBytes());
+        if (name == "fp32" && job.label == "onnxruntime" && batch == n_inputs &&
+            reference_top1.empty()) {
+          const int64_t k = engine->OutputElementsPerSample();
+          for (int64_t i = 0; i < batch; ++i) {
+            const float* row = out.data() + i * k;
+            reference_top1.push_back(std::max_element(row, row + k) - row);
+          }
+        }
+        char line[220];
+        std::snprintf(line, sizeof line,
+                      "round %d/%d %-16s %-20s threads %-7s batch %4lld: median %8.3f ms, %9.1f "
+                      "img/s%s",
+                      round + 1, o.rounds, name.c_str(), job.label.c_str(),
+                      job.threads == 0 ? "default" : std::to_string(job.threads).c_str(),
+                      static_cast<long long>(batch), s.round_medians.back(),
+                      1000.0 * static_cast<double>(batch) / s.round_medians.back(),
+                      t.stable ? "" : " (unstable)");
+        say(line);
+      }
+    }
+  }
+  json results = json::array();
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    const Job& job = jobs[j];
+    const bool integer = job.variant.value("precision", "") == "int8";
+    const auto flops = job.variant.value("flops_per_image", int64_t{0});
+    for (int64_t batch : o.batch_sizes) {
+      const Samples& s = samples[{j, batch}];
+      Timing pooled{s.ms, s.stable};
+      json cell = Stats(pooled, batch);
+      cell["variant"] = job.variant.value("name", "");
+      cell["engine"] = job.label;
+      cell["threads"] = job.threads == 0 ? json("default") : json(job.threads);
+      cell["batch"] = batch;
+      cell["round_medians_ms"] = s.round_medians;
+      cell["peak_rss_bytes"] = s.peak_rss;
+      const double achieved = static_cast<double>(flops) * cell["images_per_second"].get<double>();
+      cell["achieved_gflops"] = achieved / 1e9;
+      // ONNX Runtime's default may use every core: compare with the largest thread count.
+      const RoofPoint* rp = roof.At(
+          job.threads > 0 ? job.threads : *std::max_element(o.threads.begin(), o.threads.end()));
+      const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
+      cell["roof_fraction"] = peak > 0 ? achieved / 1e9 / peak : 0.0;
+      results.push_back(cell);
+    }
+  }
 
   json peers = {{"available", false}, {"reason", "disabled (--no-peers)"}};
   if (o.peers && !fp32_entry.is_null()) {
@@ -423,10 +458,13 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         {"min_seconds", o.min_seconds},
         {"max_seconds", o.max_seconds},
         {"stable_tolerance", o.stable_tolerance},
+        {"rounds", o.rounds},
         {"stability_rule",
-         "timed runs continue until at least min_runs runs and min_seconds have passed and the "
-         "medians of the first and second half of the runs differ by at most stable_tolerance; "
-         "after max_seconds the cell is reported as not stable"},
+         "the whole matrix is measured `rounds` times, one pass after another; in each pass a "
+         "cell's timed runs continue until at least min_runs runs and min_seconds have passed and "
+         "the medians of the first and second half of the runs differ by at most "
+         "stable_tolerance (after max_seconds the cell is marked not stable); statistics pool "
+         "every run of every round, and round_medians_ms shows the drift between rounds"},
         {"images_per_second", "batch / median latency"},
         {"peak_memory", "peak resident set of the benchmark process (VmHWM) during the cell, "
                         "libraries and model included"},

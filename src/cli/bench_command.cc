@@ -62,7 +62,10 @@ void RegisterBenchCommand(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")->delimiter(',')->capture_default_str();
   cmd->add_option("--threads", o.threads, "Thread counts")->delimiter(',')->capture_default_str();
-  cmd->add_option("--min-runs", o.min_runs, "Timed runs per cell, at least")->capture_default_str();
+  cmd->add_option("--rounds", o.rounds, "Passes over the whole matrix (spread between passes)")
+      ->capture_default_str();
+  cmd->add_option("--min-runs", o.min_runs, "Timed runs per cell and round, at least")
+      ->capture_default_str();
   cmd->add_option("--min-seconds", o.min_seconds, "Seconds of timed runs per cell, at least")
       ->capture_default_str();
   cmd->add_option("--max-seconds", o.max_seconds, "Give up waiting for a stable median after this")

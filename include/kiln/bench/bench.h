@@ -6,11 +6,13 @@
 // Method (also written into every report):
 //   * inputs: the first max(batch) test images, normalized with the model's own statistics;
 //     the same buffer for every engine;
-//   * warm-up: at least `warmup_runs` runs and `warmup_seconds`;
-//   * timed runs until at least `min_runs` runs and `min_seconds` have passed AND the medians of
+//   * `rounds` passes over the whole matrix, one after another (so that drift of a shared
+//     machine over minutes shows as spread between the rounds' medians);
+//   * per cell and round: warm-up of at least `warmup_runs` runs and `warmup_seconds`, then
+//     timed runs until at least `min_runs` runs and `min_seconds` have passed AND the medians of
 //     the first and second half of the runs differ by at most `stable_tolerance` (stable); a
 //     cell that is not stable after `max_seconds` is reported with "stable": false;
-//   * latency statistics over all timed runs; images/s = batch / median latency;
+//   * latency statistics over all timed runs of all rounds; images/s = batch / median latency;
 //   * peak memory: the process's peak resident set (VmHWM), reset before each cell.
 #pragma once
 
@@ -33,18 +35,19 @@ struct BenchOptions {
   std::vector<std::string> engines = {"onnxruntime", "libtorch", "onnxruntime-default"};
   std::vector<int64_t> batch_sizes = {1, 8, 32, 64, 256};
   std::vector<int> threads = {1, 2};
+  int rounds = 3;  // passes over the whole matrix (drift between passes = spread)
   int warmup_runs = 3;
   double warmup_seconds = 0.2;
-  int min_runs = 10;
-  double min_seconds = 1.0;
-  double max_seconds = 5.0;
+  int min_runs = 5;           // per cell and round
+  double min_seconds = 0.4;   // per cell and round
+  double max_seconds = 2.0;   // per cell and round
   double stable_tolerance = 0.03;
   bool peers = true;                        // run bench/peers.py (Python PyTorch)
   std::string python = "/usr/bin/python3";  // Debian's Python, which sees python3-torch
   std::filesystem::path peers_script;       // default: the source tree's bench/peers.py
   std::string command_line;                 // recorded in the report
 
-  // A smoke profile: batch 1 and 64, 2 threads, short windows (under 2 minutes in all).
+  // A smoke profile: one round, batch 1 and 64, 2 threads, short windows (under 2 minutes).
   void ApplyQuick();
   Status Validate() const;
 };
