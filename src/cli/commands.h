@@ -21,6 +21,7 @@ void RegisterEvalCommand(CLI::App& app, Runner* run);
 void RegisterExportCommand(CLI::App& app, Runner* run);
 void RegisterPredictCommand(CLI::App& app, Runner* run);
 void RegisterVersionCommand(CLI::App& app, Runner* run);
+void RegisterServeCommand(CLI::App& app, Runner* run);
 
 // What an exported model says about its input and output (Kiln metadata, see
 // exporter::ExportMetadata): normalization and label names. InvalidArgument naming
