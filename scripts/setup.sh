@@ -55,6 +55,8 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
+  # serving: Boost.Beast/Asio (headers), promtool for the metrics test
+  libboost-dev prometheus
 )
 
 missing=()

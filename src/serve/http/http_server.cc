@@ -261,6 +261,9 @@ class Server {
   bool draining() const { return draining_.load(); }
   std::atomic<int> connections{0};
   std::atomic<int64_t> in_flight{0};
+  // Connections that have not yet sent their first request (may be one in transit): a drain
+  // waits for them too, so a request racing SIGTERM is answered rather than cut.
+  std::atomic<int64_t> unread{0};
 
   void RecordHttp(const std::string& handler, const std::string& method, unsigned code,
                   double seconds) {
@@ -308,8 +311,12 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket&& socket, Server* server, bool metrics_only)
       : stream_(std::move(socket)), server_(server), metrics_only_(metrics_only) {
     ++server_->connections;
+    ++server_->unread;
   }
-  ~Session() { --server_->connections; }
+  ~Session() {
+    --server_->connections;
+    MarkRead();
+  }
 
   void Start() {
     net::dispatch(stream_.get_executor(), [self = shared_from_this()] { self->ReadHeader(); });
@@ -317,7 +324,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
  private:
   void ReadHeader() {
-    if (server_->draining()) return Close();
+    // Draining: a kept-alive connection is closed between requests; a new one still gets its
+    // answer (503) so that no client sees a reset.
+    if (server_->draining() && served_ > 0) return Close();
     const auto& o = server_->options();
     parser_.emplace();
     parser_->header_limit(static_cast<uint32_t>(o.max_header_bytes));
@@ -356,8 +365,16 @@ class Session : public std::enable_shared_from_this<Session> {
     Close();  // closed, reset or timed out: nothing to answer
   }
 
+  void MarkRead() {
+    if (!read_once_) {
+      read_once_ = true;
+      --server_->unread;
+    }
+  }
+
   void OnRead(beast::error_code ec) {
     if (ec) return OnReadError(ec);
+    MarkRead();
     stream_.expires_never();
     Request req;
     req.raw = parser_->release();
@@ -416,6 +433,7 @@ class Session : public std::enable_shared_from_this<Session> {
       server_->RecordHttp(handler_.empty() ? "other" : handler_, method_, status_, secs);
       --server_->in_flight;
     }
+    ++served_;
     if (ec || close) return Close();
     ReadHeader();
   }
@@ -427,6 +445,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void Close() {
+    MarkRead();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
     stream_.close();
@@ -442,6 +461,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string method_ = "GET", handler_;
   unsigned status_ = 0;
   bool counted_ = false;
+  int64_t served_ = 0;
+  bool read_once_ = false;
   Clock::time_point start_;
 };
 
@@ -474,15 +495,26 @@ void Server::BeginDrain() {
   }
   std::cerr << "kiln serve: shutting down, finishing " << in_flight.load()
             << " request(s) in flight\n";
-  beast::error_code ec;
-  if (http_acceptor_) http_acceptor_->close(ec);
-  if (metrics_acceptor_) metrics_acceptor_->close(ec);
+  // Connections already in the listen backlog would be reset by close(): accept them first;
+  // their requests are answered 503 "shutting down". Later connections are refused.
+  for (auto* a : {&http_acceptor_, &metrics_acceptor_}) {
+    if (!*a) continue;
+    beast::error_code ec;
+    (*a)->non_blocking(true, ec);
+    for (;;) {
+      tcp::socket socket(net::make_strand(ioc_));
+      (*a)->accept(socket, ec);
+      if (ec) break;
+      std::make_shared<Session>(std::move(socket), this, a == &metrics_acceptor_)->Start();
+    }
+    (*a)->close(ec);
+  }
   drain_deadline_ = Clock::now() + std::chrono::seconds(opt_.drain_timeout_s);
   drain_timer_.emplace(ioc_);
   std::function<void()> check;
   auto tick = std::make_shared<std::function<void()>>();
   *tick = [this, tick] {
-    if (in_flight.load() == 0 || Clock::now() >= drain_deadline_) {
+    if ((in_flight.load() == 0 && unread.load() == 0) || Clock::now() >= drain_deadline_) {
       if (in_flight.load() > 0) {
         std::cerr << "kiln serve: drain timeout, " << in_flight.load()
                   << " request(s) not answered\n";
