@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   kiln::cli::RegisterPredictCommand(app, &run);
   kiln::cli::RegisterVersionCommand(app, &run);
   kiln::cli::RegisterServeCommand(app, &run);
+  kiln::cli::RegisterLoadgenCommand(app, &run);
   if (argc > 1 && argv[1][0] != '-') {  // name the unknown command instead of CLI11's generic text
     std::string names;
     bool known = false;

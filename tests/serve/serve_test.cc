@@ -757,6 +757,38 @@ TEST_F(ServeTest, WebPageShowsTheTopLabelInChromium) {
   EXPECT_NE(j["latency"].get<std::string>().find("ms"), std::string::npos) << out;
 }
 
+// kiln loadgen against the suite's server: every mode runs, the CSV has perf_analyzer's
+// columns and one row per concurrency level.
+TEST_F(ServeTest, LoadgenMeasuresEveryMode) {
+  testing::TempDir dir;
+  Write(dir.path() / "images" / "a.png", Encode(".png", 32, 32));
+  const fs::path csv = dir.path() / "out.csv";
+  const std::string common = " --url " + server_->url() +
+                             " -m cifar --concurrency 1:2:x2 --window-ms 200 --max-windows 4";
+  auto r = testing::RunKiln("loadgen" + common + " --mode json --csv '" + csv.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(csv);
+  std::string header, row;
+  std::getline(in, header);
+  EXPECT_EQ(header.rfind("Concurrency,Inferences/Second,Client Send,", 0), 0U) << header;
+  EXPECT_NE(header.find("Server Queue,Server Compute Input,Server Compute Infer"), std::string::npos);
+  EXPECT_NE(header.find("p99 latency"), std::string::npos);
+  int rows = 0;
+  while (std::getline(in, row)) {
+    ++rows;
+    EXPECT_GT(std::stod(row.substr(row.find(',') + 1)), 0.0) << row;  // Inferences/Second
+  }
+  EXPECT_EQ(rows, 2);
+  const std::vector<std::string> modes = {
+      "--mode binary -b 2", "--mode image --images '" + (dir.path() / "images").string() + "'"};
+  for (const std::string& mode : modes) {
+    auto m = testing::RunKiln("loadgen" + common + " " + mode);
+    EXPECT_EQ(m.exit_code, 0) << m.output;
+    EXPECT_NE(m.output.find("p99 ms"), std::string::npos) << m.output;
+  }
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --concurrency 4:1").exit_code, 2);
+}
+
 // 1,000 idle keep-alive connections hold no thread: another client is still served.
 TEST_F(ServeTest, ThousandIdleConnectionsDoNotBlockOtherClients) {
   std::vector<int> sockets;
