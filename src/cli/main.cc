@@ -51,6 +51,7 @@ int main(int argc, char** argv) {
   }
   kiln::cli::RegisterVersionCommand(app, &run);
   kiln::cli::RegisterServeCommand(app, &run);
+  kiln::cli::RegisterLoadgenCommand(app, &run);
   if (argc > 1 && argv[1][0] != '-') {  // name the unknown command instead of CLI11's generic text
     std::string names;
     bool known = false;

@@ -84,6 +84,16 @@ dynamic_batching {
 }
 )";
 
+// Requests time out after 200 ms in a queue that would wait 5 s for a batch.
+constexpr const char* kTimeoutConfig = R"(
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+dynamic_batching {
+  max_queue_delay_microseconds: 5000000
+  default_queue_policy { default_timeout_microseconds: 200000 }
+}
+)";
+
 // The classic mistake: max_batch_size > 0 for a model exported with a fixed batch of 1.
 constexpr const char* kFixedConfig = R"(
 platform: "onnxruntime_onnx"
@@ -128,6 +138,8 @@ std::unique_ptr<Repository> MakeRepository() {
   Write(r / "cifar" / "1" / "model.onnx", repo->onnx);
   Write(r / "queue" / "config.pbtxt", kQueueConfig);
   Write(r / "queue" / "1" / "model.onnx", repo->onnx);
+  Write(r / "timeout" / "config.pbtxt", kTimeoutConfig);
+  Write(r / "timeout" / "1" / "model.onnx", repo->onnx);
   Write(r / "fixed" / "config.pbtxt", kFixedConfig);
   Write(r / "fixed" / "1" / "model.onnx", FixedBatchOnnx(repo->onnx));
   Write(r / "pickle" / "1" / "model.pt", std::string("\x80\x02}q\x00(X\x01", 8));
@@ -595,6 +607,18 @@ TEST_F(ServeTest, FullQueueAnswers503AtOnce) {
   EXPECT_EQ(codes, (std::vector<long>{200, 200}));
 }
 
+TEST_F(ServeTest, RequestsTimeOutInTheQueue) {
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = Http(Url("/v2/models/timeout/infer"), Post(InferJson(RandomInput(1, 12), 1)));
+  const auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_NE(r.body.find("timed out"), std::string::npos) << r.body;
+  EXPECT_LT(waited, std::chrono::seconds(4));  // at its timeout, not after the 5 s batch window
+  auto stats = json::parse(Http(Url("/v2/models/timeout/stats")).body)["model_stats"][0];
+  EXPECT_EQ(stats["inference_stats"]["fail"]["count"], 1);
+  EXPECT_EQ(stats["execution_count"], 0);
+}
+
 TEST_F(ServeTest, BrokenModelsAreUnavailableWithTheirReason) {
   auto index = Http(Url("/v2/repository/index"), Post(""));
   ASSERT_EQ(index.status, 200);
@@ -614,7 +638,7 @@ TEST_F(ServeTest, BrokenModelsAreUnavailableWithTheirReason) {
   auto health = json::parse(Http(Url("/health")).body);
   EXPECT_EQ(health["status"], "degraded");
   EXPECT_GT(health["uptime_seconds"].get<double>(), 0.0);
-  EXPECT_EQ(health["models"].size(), 5U);
+  EXPECT_EQ(health["models"].size(), 6U);
   // Load/unload are refused unless the server runs in explicit mode.
   EXPECT_EQ(Http(Url("/v2/repository/models/cifar/unload"), Post("")).status, 400);
 }
@@ -733,6 +757,38 @@ TEST_F(ServeTest, WebPageShowsTheTopLabelInChromium) {
   EXPECT_NE(j["latency"].get<std::string>().find("ms"), std::string::npos) << out;
 }
 
+// kiln loadgen against the suite's server: every mode runs, the CSV has perf_analyzer's
+// columns and one row per concurrency level.
+TEST_F(ServeTest, LoadgenMeasuresEveryMode) {
+  testing::TempDir dir;
+  Write(dir.path() / "images" / "a.png", Encode(".png", 32, 32));
+  const fs::path csv = dir.path() / "out.csv";
+  const std::string common = " --url " + server_->url() +
+                             " -m cifar --concurrency 1:2:x2 --window-ms 200 --max-windows 4";
+  auto r = testing::RunKiln("loadgen" + common + " --mode json --csv '" + csv.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  std::ifstream in(csv);
+  std::string header, row;
+  std::getline(in, header);
+  EXPECT_EQ(header.rfind("Concurrency,Inferences/Second,Client Send,", 0), 0U) << header;
+  EXPECT_NE(header.find("Server Queue,Server Compute Input,Server Compute Infer"), std::string::npos);
+  EXPECT_NE(header.find("p99 latency"), std::string::npos);
+  int rows = 0;
+  while (std::getline(in, row)) {
+    ++rows;
+    EXPECT_GT(std::stod(row.substr(row.find(',') + 1)), 0.0) << row;  // Inferences/Second
+  }
+  EXPECT_EQ(rows, 2);
+  const std::vector<std::string> modes = {
+      "--mode binary -b 2", "--mode image --images '" + (dir.path() / "images").string() + "'"};
+  for (const std::string& mode : modes) {
+    auto m = testing::RunKiln("loadgen" + common + " " + mode);
+    EXPECT_EQ(m.exit_code, 0) << m.output;
+    EXPECT_NE(m.output.find("p99 ms"), std::string::npos) << m.output;
+  }
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --concurrency 4:1").exit_code, 2);
+}
+
 // 1,000 idle keep-alive connections hold no thread: another client is still served.
 TEST_F(ServeTest, ThousandIdleConnectionsDoNotBlockOtherClients) {
   std::vector<int> sockets;
@@ -816,6 +872,32 @@ TEST(ServeRepositoryTest, LoadUnloadAndNewVersionUnderLoad) {
   EXPECT_TRUE(versions_seen.count("2")) << "version 2 never answered";
   auto meta = json::parse(Http(u + "/v2/models/cifar").body);
   EXPECT_EQ(meta["versions"], json::array({"2"}));  // version_policy latest 1
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+// Poll mode: a model folder that appears is loaded, one that disappears is unloaded.
+TEST(ServeRepositoryTest, PollModeFollowsTheRepository) {
+  auto repo = MakeRepository();
+  for (const char* m : {"fixed", "pickle", "queue", "timeout"}) fs::remove_all(repo->path() / m);
+  const fs::path staged = repo->path().parent_path() / (repo->path().filename().string() + "-torch");
+  fs::rename(repo->path() / "torch", staged);
+  ServerProcess server(repo->path(), {"--model-control-mode", "poll", "--repository-poll-secs", "1"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  const std::string u = server.url();
+  EXPECT_EQ(Http(u + "/v2/models/torch/ready").status, 400);
+  EXPECT_EQ(Http(u + "/v2/repository/models/torch/load", Post("")).status, 400);  // poll mode
+  fs::rename(staged, repo->path() / "torch");
+  auto wait_for = [&](long status) {
+    for (int i = 0; i < 150; ++i) {
+      if (Http(u + "/v2/models/torch/ready").status == status) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return false;
+  };
+  EXPECT_TRUE(wait_for(200)) << server.Log();
+  fs::remove_all(repo->path() / "torch");
+  EXPECT_TRUE(wait_for(400)) << server.Log();
+  EXPECT_EQ(Http(u + "/v2/models/cifar/ready").status, 200);
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
 }
 

@@ -175,8 +175,10 @@ class ModelVersion {
             if (n + p->batch > max_batch) break;
             n += p->batch;
           }
-          if (n >= max_batch || preferred_.count(n) > 0 || Clock::now() >= deadline) break;
-          cv_.wait_until(l, deadline);
+          // Wake for the batching deadline or, earlier, the oldest request's own timeout.
+          const auto wake = std::min(deadline, queue_.front()->deadline);
+          if (n >= max_batch || preferred_.count(n) > 0 || Clock::now() >= wake) break;
+          cv_.wait_until(l, wake);
         }
       }
       std::vector<std::unique_ptr<QueuedRequest>> batch, expired;
