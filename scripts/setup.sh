@@ -55,6 +55,10 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   # tests and benchmarks; python3-torch is the PyTorch baseline `kiln bench` compares against
   libgtest-dev libgmock-dev libbenchmark-dev python3-torch
+  # serving: Boost.Beast/Asio (headers), promtool for the metrics test
+  libboost-dev prometheus
+  # serving benchmarks and the browser test: wrk, the FastAPI baseline, headless Chromium
+  wrk chromium python3-fastapi python3-uvicorn python3-multipart python3-pil
 )
 
 missing=()
@@ -167,6 +171,18 @@ EOF
   sha256sum "$tgz" "$deb" > "$ORT_DIR/SOURCES.sha256"
   touch "$STAMP"
   say "ONNX Runtime provisioned (library ${ORT_NPM_VERSION}, headers ${ORT_DEB_VERSION})"
+fi
+
+# playwright-core (drives Debian's chromium in the web page test), into the git-ignored
+# node_modules/ with its install script disabled (it would download browsers).
+PLAYWRIGHT_VERSION=1.65.1
+if [ "$(node -p "require('$ROOT/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
+  [ "$CHECK_ONLY" -eq 1 ] && { echo "playwright-core $PLAYWRIGHT_VERSION missing in node_modules/"; exit 1; }
+  say "installing playwright-core $PLAYWRIGHT_VERSION into node_modules/"
+  npm install --prefix "$ROOT" --no-save --no-package-lock --ignore-scripts \
+    "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+else
+  say "playwright-core $PLAYWRIGHT_VERSION present"
 fi
 
 say "done"

@@ -50,6 +50,8 @@ int main(int argc, char** argv) {
     kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
   }
   kiln::cli::RegisterVersionCommand(app, &run);
+  kiln::cli::RegisterServeCommand(app, &run);
+  kiln::cli::RegisterLoadgenCommand(app, &run);
   if (argc > 1 && argv[1][0] != '-') {  // name the unknown command instead of CLI11's generic text
     std::string names;
     bool known = false;

@@ -1,0 +1,138 @@
+// The serving engine: a Triton-layout model repository, one dynamic batcher per loaded model
+// version, and `count` instances per model each running batches on its own backend.
+//
+//   EngineOptions o;  o.repository = "models/";
+//   metrics::Registry registry;
+//   KILN_ASSIGN_OR_RETURN(auto engine, Engine::Create(o, &registry));
+//   KILN_ASSIGN_OR_RETURN(auto model, engine->Find("cifar", ""));      // "" = latest ready
+//   engine->Infer(model, std::move(floats), /*batch=*/4, deadline,
+//                 [](Status s, InferResult r) { ... });               // called exactly once
+//
+// Threads: each instance owns a thread and a backend (Run is never shared). Infer() never
+// blocks: a full queue fails at once with Unavailable. Callbacks run on an instance thread (or
+// inline, for an immediate failure) and must not block. Unloading or replacing a version stops
+// taking new requests, finishes the queued ones, then frees it, so no request in flight is
+// dropped. Every public method is thread-safe.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/core/status.h"
+#include "kiln/data/loader.h"
+#include "kiln/serve/metrics.h"
+#include "kiln/serve/model_config.h"
+
+namespace kiln::serve {
+
+enum class ModelControlMode { kNone, kPoll, kExplicit };
+
+struct EngineOptions {
+  std::string repository;  // folder of <model>/config.pbtxt and <model>/<version>/model.*
+  ModelControlMode control_mode = ModelControlMode::kNone;
+  // explicit mode: models loaded at start (Triton's --load-model); empty = none.
+  std::vector<std::string> startup_models;
+  int poll_seconds = 5;  // poll mode: rescan interval
+  int default_max_batch_size = 32;  // for auto-completed configs of batching models
+  // Queue bound (requests) when the config's default_queue_policy.max_queue_size is 0.
+  int max_queue_size = 256;
+  // Per-request timeout in the queue (config default_timeout_microseconds overrides when set).
+  int64_t request_timeout_ms = 30'000;
+  // Engine threads per model, split between its instances unless the config's parameters give
+  // intra_op_thread_count.
+  int threads = 2;
+
+  Status Validate() const;
+};
+
+// Immutable description of a loaded model version.
+struct ModelInfo {
+  std::string name;
+  int64_t version = 0;
+  std::string platform;  // onnxruntime_onnx | pytorch_libtorch
+  inference::ModelConfig config;  // completed and validated
+  int64_t max_batch_size = 0;
+  std::string input_name, output_name;
+  std::vector<int64_t> input_dims, output_dims;  // without the batch dimension when batching
+  int64_t input_elements = 0;   // floats per batch element
+  int64_t output_elements = 0;
+  std::vector<std::string> labels;  // output label file, Kiln metadata, or empty
+  // Normalization for image preprocessing (Kiln metadata; else pixel / 255).
+  data::Normalization normalization;
+  bool has_kiln_normalization = false;
+  std::vector<std::string> warnings;  // config fields ignored etc.
+};
+
+struct InferResult {
+  std::vector<float> output;  // batch * output_elements
+  int64_t batch = 0;
+  int64_t queue_ns = 0, compute_input_ns = 0, compute_infer_ns = 0, compute_output_ns = 0;
+  int64_t executed_batch = 0;  // size of the batch this request ran in
+};
+using InferCallback = std::function<void(Status, InferResult)>;
+
+struct ModelIndexEntry {
+  std::string name;
+  std::string version;  // empty when the model itself failed (no versions)
+  std::string state;    // READY | UNAVAILABLE | LOADING
+  std::string reason;
+};
+
+struct Duration {
+  uint64_t count = 0;
+  uint64_t ns = 0;
+};
+struct BatchStats {
+  int64_t batch_size = 0;
+  Duration compute_input, compute_infer, compute_output;
+};
+struct ModelStats {
+  std::string name, version;
+  uint64_t last_inference_ms = 0;
+  uint64_t inference_count = 0, execution_count = 0;
+  Duration success, fail, queue, compute_input, compute_infer, compute_output;
+  std::vector<BatchStats> batch_stats;
+  std::vector<uint64_t> class_counts;  // top-1 predictions per output index
+};
+
+class Engine {
+ public:
+  // Loads the repository per the control mode. Models that fail are UNAVAILABLE (not an error);
+  // a missing repository folder is NotFound. `registry` must outlive the engine.
+  static Result<std::unique_ptr<Engine>> Create(const EngineOptions& options,
+                                                metrics::Registry* registry);
+  virtual ~Engine() = default;
+
+  // `version` "" means the highest READY version. NotFound for an unknown model or version,
+  // Unavailable for a model that is not ready.
+  virtual Result<std::shared_ptr<const ModelInfo>> Find(const std::string& name,
+                                                        const std::string& version) = 0;
+  // Names of READY models (sorted) with their versions.
+  virtual std::vector<std::shared_ptr<const ModelInfo>> ReadyModels() = 0;
+
+  // Queues `batch` elements (input holds batch * input_elements floats, or exactly the config's
+  // shape for max_batch_size 0). `done` is called exactly once. With `follow_latest` (the
+  // client named no version), a request that meets a version being replaced goes to the new
+  // latest version instead of failing.
+  virtual void Infer(const std::shared_ptr<const ModelInfo>& model, std::vector<float> input,
+                     int64_t batch, InferCallback done, bool follow_latest = true) = 0;
+
+  virtual std::vector<ModelIndexEntry> Index() = 0;
+  // Repository extension. In mode none/poll: InvalidArgument (as Triton).
+  virtual Status Load(const std::string& name) = 0;
+  virtual Status Unload(const std::string& name) = 0;
+  // name "" = every model; version "" = every loaded version.
+  virtual Result<std::vector<ModelStats>> Statistics(const std::string& name,
+                                                     const std::string& version) = 0;
+  // Requests queued or running, over all models.
+  virtual int64_t Pending() = 0;
+  // Stops polling, finishes every queued request, joins all threads. Idempotent.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace kiln::serve

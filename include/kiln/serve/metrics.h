@@ -1,0 +1,71 @@
+// A small Prometheus registry: counters, gauges and histograms with labels, rendered in the
+// Prometheus text exposition format (version 0.0.4).
+//
+//   Registry r;
+//   Series* ok = r.Counter("nv_inference_request_success", "Successful requests",
+//                          {{"model", "m"}, {"version", "1"}});
+//   ok->Add(1);                                   // hot path: no lookup, one short lock
+//   Series* h = r.Histogram("kiln_queue_duration_seconds", "...", {...}, DefaultLatencyBuckets());
+//   h->Observe(0.003);
+//   std::string text = r.Render();
+//
+// Handles (Series*) stay valid for the registry's lifetime: resolve them once (at model load) and
+// only increment on the hot path. Thread-safe.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kiln::serve::metrics {
+
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+class Series {
+ public:
+  void Add(double v);           // counters and gauges
+  void Set(double v);           // gauges
+  void Observe(double v);       // histograms
+  double value() const;         // counter/gauge value, or the histogram's count
+
+ private:
+  friend class Registry;
+  mutable std::mutex mu_;
+  double value_ = 0;
+  const std::vector<double>* bounds_ = nullptr;
+  std::vector<uint64_t> buckets_;  // non-cumulative counts per bound, plus +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+std::vector<double> DefaultLatencyBuckets();  // seconds, 100 us .. 10 s
+
+class Registry {
+ public:
+  Series* Counter(const std::string& name, const std::string& help, const Labels& labels);
+  Series* Gauge(const std::string& name, const std::string& help, const Labels& labels);
+  Series* Histogram(const std::string& name, const std::string& help, const Labels& labels,
+                    const std::vector<double>& bounds);
+  // A function called at render time to refresh gauges (CPU, memory).
+  void OnRender(std::function<void()> hook);
+  std::string Render() const;
+
+ private:
+  struct Family {
+    std::string help;
+    std::string type;
+    std::vector<double> bounds;
+    std::map<std::string, std::unique_ptr<Series>> series;  // by rendered label set
+  };
+  Series* Get(const std::string& name, const std::string& help, const std::string& type,
+              const Labels& labels, const std::vector<double>& bounds);
+  mutable std::mutex mu_;
+  std::map<std::string, Family> families_;
+  std::vector<std::function<void()>> hooks_;
+};
+
+}  // namespace kiln::serve::metrics

@@ -1,0 +1,346 @@
+// kiln loadgen: measures a KServe v2 server (Kiln, Triton, ...) the way Triton's perf_analyzer
+// does: closed-loop clients at each concurrency level, measurement windows until throughput and
+// latency are stable, latency percentiles, and the server's queue/compute split read from its
+// statistics endpoint. CSV columns use perf_analyzer's names.
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "commands.h"
+
+namespace kiln::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct LoadgenArgs {
+  std::string url = "http://127.0.0.1:8000";
+  std::string model;
+  std::string mode = "json";  // json | binary | image
+  std::string images;         // image mode: a folder of image files
+  int64_t batch_size = 1;
+  std::string concurrency = "1:16:x2";
+  int window_ms = 2000;
+  int max_windows = 10;
+  double stability = 10.0;  // percent
+  std::string csv;
+};
+
+size_t Sink(char* data, size_t size, size_t n, void* out) {
+  static_cast<std::string*>(out)->append(data, size * n);
+  return size * n;
+}
+
+struct Http {
+  Http() : curl(curl_easy_init()) {}
+  ~Http() { curl_easy_cleanup(curl); }
+  // Returns the HTTP status (0 on a transport error).
+  long Request(const std::string& url, const std::string* body, const curl_slist* headers,
+               std::string* out) {
+    out->clear();
+    curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Sink);
+    curl_easy_setopt(curl, CURLOPT_WRITEDATA, out);
+    curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 60000L);
+    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
+    if (body != nullptr) {
+      curl_easy_setopt(curl, CURLOPT_POST, 1L);
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body->data());
+      curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body->size()));
+    } else {
+      curl_easy_setopt(curl, CURLOPT_HTTPGET, 1L);
+    }
+    if (curl_easy_perform(curl) != CURLE_OK) return 0;
+    long status = 0;
+    curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+    return status;
+  }
+  CURL* curl;
+};
+
+// "1:64:x2" -> 1 2 4 ... 64; "1:8:2" -> 1 3 5 7; "8" -> 8.
+Result<std::vector<int>> ParseLevels(const std::string& spec) {
+  std::vector<std::string> parts;
+  std::stringstream ss(spec);
+  for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
+  try {
+    if (parts.size() == 1) return std::vector<int>{std::stoi(parts[0])};
+    if (parts.size() == 3) {
+      const int lo = std::stoi(parts[0]), hi = std::stoi(parts[1]);
+      const bool mul = !parts[2].empty() && parts[2][0] == 'x';
+      const int step = std::stoi(mul ? parts[2].substr(1) : parts[2]);
+      if (lo < 1 || hi < lo || step < (mul ? 2 : 1)) throw std::invalid_argument("range");
+      std::vector<int> out;
+      for (int c = lo; c <= hi; c = mul ? c * step : c + step) out.push_back(c);
+      return out;
+    }
+  } catch (const std::exception&) {
+  }
+  return InvalidArgumentError("--concurrency '" + spec +
+                              "': expected N, START:END:STEP or START:END:xFACTOR");
+}
+
+struct ServerSplit {
+  double count = 0, queue_ns = 0, input_ns = 0, infer_ns = 0, output_ns = 0;
+};
+
+ServerSplit ReadStats(Http& http, const std::string& base, const std::string& model) {
+  std::string body;
+  ServerSplit s;
+  if (http.Request(base + "/v2/models/" + model + "/stats", nullptr, nullptr, &body) != 200)
+    return s;
+  auto j = json::parse(body, nullptr, false);
+  if (!j.is_object() || !j.contains("model_stats")) return s;
+  for (const auto& m : j["model_stats"]) {
+    const auto& st = m["inference_stats"];
+    s.count += st["success"]["count"].get<double>();
+    s.queue_ns += st["queue"]["ns"].get<double>();
+    s.input_ns += st["compute_input"]["ns"].get<double>();
+    s.infer_ns += st["compute_infer"]["ns"].get<double>();
+    s.output_ns += st["compute_output"]["ns"].get<double>();
+  }
+  return s;
+}
+
+double Percentile(std::vector<double>& v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size()))) - 1;
+  return v[std::min(i, v.size() - 1)];
+}
+
+int RunLoadgen(const LoadgenArgs& a) {
+  auto levels = ParseLevels(a.concurrency);
+  if (!levels.ok()) {
+    std::cerr << "kiln loadgen: " << levels.status().message() << "\n";
+    return kExitUsage;
+  }
+  curl_global_init(CURL_GLOBAL_ALL);
+  Http http;
+  std::string body;
+  // The request every client sends (one prepared body per mode; image mode cycles files).
+  std::vector<std::string> bodies;
+  std::vector<std::string> header_lines;
+  std::string path = "/v2/models/" + a.model + "/infer";
+  if (a.mode == "image") {
+    path = "/predict?model=" + a.model;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(a.images, ec)) {
+      if (!e.is_regular_file(ec)) continue;
+      std::ifstream in(e.path(), std::ios::binary);
+      bodies.emplace_back((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    }
+    if (bodies.empty()) {
+      std::cerr << "kiln loadgen: --images '" << a.images << "' holds no files\n";
+      return kExitUsage;
+    }
+    header_lines.push_back("Content-Type: image/png");
+  } else {
+    if (http.Request(a.url + "/v2/models/" + a.model, nullptr, nullptr, &body) != 200) {
+      std::cerr << "kiln loadgen: cannot read the metadata of model '" << a.model << "' at "
+                << a.url << ": " << body << "\n";
+      return kExitFailure;
+    }
+    auto meta = json::parse(body, nullptr, false);
+    if (!meta.is_object() || !meta.contains("inputs") || meta["inputs"].size() != 1 ||
+        meta["inputs"][0]["datatype"] != "FP32") {
+      std::cerr << "kiln loadgen: model '" << a.model << "' must have one FP32 input\n";
+      return kExitFailure;
+    }
+    const auto& in = meta["inputs"][0];
+    std::vector<int64_t> shape = in["shape"].get<std::vector<int64_t>>();
+    int64_t elements = 1;
+    for (auto& d : shape) {
+      if (d == -1) d = a.batch_size;
+      elements *= d;
+    }
+    std::mt19937 rng(1);
+    std::normal_distribution<float> dist(0.f, 1.f);
+    std::vector<float> data(static_cast<size_t>(elements));
+    for (auto& x : data) x = dist(rng);
+    json req = {{"inputs", {{{"name", in["name"]}, {"shape", shape}, {"datatype", "FP32"}}}}};
+    if (a.mode == "binary") {
+      req["inputs"][0]["parameters"] = {{"binary_data_size", data.size() * sizeof(float)}};
+      req["parameters"] = {{"binary_data_output", true}};
+      const std::string h = req.dump();
+      std::string b = h;
+      b.append(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
+      bodies.push_back(b);
+      header_lines.push_back("Inference-Header-Content-Length: " + std::to_string(h.size()));
+      header_lines.push_back("Content-Type: application/octet-stream");
+    } else {
+      req["inputs"][0]["data"] = data;
+      bodies.push_back(req.dump());
+      header_lines.push_back("Content-Type: application/json");
+    }
+  }
+  const int64_t per_request = a.mode == "image" ? 1 : a.batch_size;
+  std::ofstream csv;
+  if (!a.csv.empty()) {
+    csv.open(a.csv);
+    csv << "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+           "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
+           "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
+           "response wait\n";
+  }
+  std::printf("%-11s %12s %10s %10s %10s %10s %10s %10s %8s\n", "concurrency", "infer/s",
+              "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms", "errors");
+  for (int c : *levels) {
+    if (StopRequested()) return kExitInterrupted;
+    std::mutex mu;
+    std::vector<double> latencies;  // seconds, current window
+    std::atomic<int64_t> errors{0};
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> clients;
+    for (int t = 0; t < c; ++t) {
+      clients.emplace_back([&, t] {
+        Http h;
+        curl_slist* headers = nullptr;
+        for (const auto& line : header_lines) headers = curl_slist_append(headers, line.c_str());
+        headers = curl_slist_append(headers, "Expect:");
+        std::string out;
+        size_t next = static_cast<size_t>(t);
+        while (!stop && !StopRequested()) {
+          const std::string& b = bodies[next++ % bodies.size()];
+          const auto t0 = Clock::now();
+          const long status = h.Request(a.url + path, &b, headers, &out);
+          const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+          if (status != 200) {
+            ++errors;
+            continue;
+          }
+          std::lock_guard l(mu);
+          latencies.push_back(s);
+        }
+        curl_slist_free_all(headers);
+      });
+    }
+    // Windows until the last three agree within --stability percent (throughput and p99).
+    std::vector<double> rates, p99s, p50s, p90s, p95s, avgs;
+    ServerSplit before = ReadStats(http, a.url, a.model), after = before;
+    bool stable = false;
+    for (int w = 0; w < a.max_windows && !StopRequested(); ++w) {
+      if (w == 1) before = ReadStats(http, a.url, a.model);  // window 0 warms up
+      const auto start = Clock::now();
+      std::this_thread::sleep_for(std::chrono::milliseconds(a.window_ms));
+      std::vector<double> window;
+      {
+        std::lock_guard l(mu);
+        window.swap(latencies);
+      }
+      const double secs = std::chrono::duration<double>(Clock::now() - start).count();
+      if (w == 0) continue;
+      rates.push_back(static_cast<double>(window.size() * static_cast<size_t>(per_request)) / secs);
+      double sum = 0;
+      for (double x : window) sum += x;
+      avgs.push_back(window.empty() ? 0 : sum / static_cast<double>(window.size()));
+      p50s.push_back(Percentile(window, 0.50));
+      p90s.push_back(Percentile(window, 0.90));
+      p95s.push_back(Percentile(window, 0.95));
+      p99s.push_back(Percentile(window, 0.99));
+      if (rates.size() >= 3) {
+        auto within = [&](const std::vector<double>& v) {
+          const size_t n = v.size();
+          const double mean = (v[n - 1] + v[n - 2] + v[n - 3]) / 3;
+          for (size_t i = n - 3; i < n; ++i) {
+            if (mean <= 0 || std::fabs(v[i] - mean) / mean * 100 > a.stability) return false;
+          }
+          return true;
+        };
+        if (within(rates) && within(p99s)) {
+          stable = true;
+          break;
+        }
+      }
+    }
+    after = ReadStats(http, a.url, a.model);
+    stop = true;
+    for (auto& t : clients) t.join();
+    if (rates.empty()) break;
+    // Report the mean of the last (up to) three windows.
+    auto last3 = [](const std::vector<double>& v) {
+      const size_t n = std::min<size_t>(3, v.size());
+      double s = 0;
+      for (size_t i = v.size() - n; i < v.size(); ++i) s += v[i];
+      return s / static_cast<double>(n);
+    };
+    const double requests = std::max(1.0, after.count - before.count);
+    const double queue_us = (after.queue_ns - before.queue_ns) / requests / 1e3;
+    const double input_us = (after.input_ns - before.input_ns) / requests / 1e3;
+    const double infer_us = (after.infer_ns - before.infer_ns) / requests / 1e3;
+    const double output_us = (after.output_ns - before.output_ns) / requests / 1e3;
+    const double avg_us = last3(avgs) * 1e6;
+    std::printf("%-11d %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld%s\n", c,
+                last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
+                last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
+                static_cast<long long>(errors.load()), stable ? "" : "  (not stable)");
+    std::fflush(stdout);
+    if (csv) {
+      const double server_us = queue_us + input_us + infer_us + output_us;
+      csv << c << "," << last3(rates) << ",0," << std::max(0.0, avg_us - server_us) << ","
+          << queue_us << "," << input_us << "," << infer_us << "," << output_us << ",0,"
+          << last3(p50s) * 1e6 << "," << last3(p90s) * 1e6 << "," << last3(p95s) * 1e6 << ","
+          << last3(p99s) * 1e6 << "," << avg_us << ",0,0\n";
+    }
+  }
+  return StopRequested() ? kExitInterrupted : 0;
+}
+
+}  // namespace
+
+void RegisterLoadgenCommand(CLI::App& app, Runner* run) {
+  auto a = std::make_shared<LoadgenArgs>();
+  auto* cmd = app.add_subcommand(
+      "loadgen", "Measure a KServe v2 server like perf_analyzer (concurrency sweep, percentiles)");
+  cmd->add_option("--url", a->url, "Server base URL")->capture_default_str();
+  cmd->add_option("-m,--model", a->model, "Model name")->required();
+  cmd->add_option("--mode", a->mode,
+                  "json: KServe JSON tensors; binary: binary tensor extension; image: upload "
+                  "the files of --images to /predict")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"json", "binary", "image"}));
+  cmd->add_option("--images", a->images, "image mode: folder of image files (sent as image/png)");
+  cmd->add_option("-b,--batch-size", a->batch_size, "Batch per request (json/binary)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  cmd->add_option("--concurrency", a->concurrency,
+                  "Concurrent clients: N, START:END:STEP or START:END:xFACTOR")
+      ->capture_default_str();
+  cmd->add_option("--window-ms", a->window_ms, "Measurement window")
+      ->capture_default_str()
+      ->check(CLI::Range(100, 600000));
+  cmd->add_option("--max-windows", a->max_windows, "Windows per level at most (first is warm-up)")
+      ->capture_default_str()
+      ->check(CLI::Range(4, 1000));
+  cmd->add_option("--stability", a->stability,
+                  "Stable when the last 3 windows' throughput and p99 are within this percent")
+      ->capture_default_str();
+  cmd->add_option("--csv", a->csv, "Write a CSV with perf_analyzer's column names (us)");
+  cmd->callback([run, a] {
+    *run = [a] {
+      if (a->mode == "image" && a->images.empty()) {
+        std::cerr << "kiln loadgen: --mode image needs --images\n";
+        return kExitUsage;
+      }
+      return RunLoadgen(*a);
+    };
+  });
+}
+
+}  // namespace kiln::cli

@@ -1,0 +1,117 @@
+// kiln serve
+#include <iostream>
+
+#include "commands.h"
+#include "kiln/serve/engine.h"
+#include "kiln/serve/http_server.h"
+
+namespace kiln::cli {
+
+namespace {
+
+struct ServeArgs {
+  serve::EngineOptions engine;
+  serve::HttpOptions http;
+  std::string control_mode = "none";
+};
+
+int RunServe(ServeArgs a) {
+  if (a.control_mode == "poll") a.engine.control_mode = serve::ModelControlMode::kPoll;
+  if (a.control_mode == "explicit") a.engine.control_mode = serve::ModelControlMode::kExplicit;
+  if (Status s = a.http.Validate(); !s.ok()) {
+    std::cerr << "kiln serve: " << s.message() << "\n";
+    return kExitUsage;
+  }
+  if (Status s = a.engine.Validate(); !s.ok()) {
+    std::cerr << "kiln serve: " << s.message() << "\n";
+    return kExitUsage;
+  }
+  serve::metrics::Registry registry;
+  auto engine = serve::Engine::Create(a.engine, &registry);
+  if (!engine.ok()) {
+    std::cerr << "kiln serve: " << engine.status().ToString() << "\n";
+    return kExitFailure;
+  }
+  Status s = serve::RunHttpServer(a.http, engine->get(), &registry);
+  (*engine)->Shutdown();
+  if (!s.ok()) {
+    std::cerr << "kiln serve: " << s.ToString() << "\n";
+    return kExitFailure;
+  }
+  return 0;  // stopped by SIGINT/SIGTERM after draining
+}
+
+}  // namespace
+
+void RegisterServeCommand(CLI::App& app, Runner* run) {
+  auto a = std::make_shared<ServeArgs>();
+  auto* cmd = app.add_subcommand(
+      "serve",
+      "Serve a Triton-layout model repository over HTTP (KServe v2, /predict, /metrics, web page)");
+  cmd->add_option("--model-repository,--models", a->engine.repository,
+                  "Folder with <model>/config.pbtxt and <model>/<version>/model.onnx|model.pt")
+      ->required();
+  cmd->add_option("--model-control-mode", a->control_mode,
+                  "none: load everything at start; poll: also reload on changes; explicit: only "
+                  "--load-model and the repository API")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"none", "poll", "explicit"}));
+  cmd->add_option("--load-model", a->engine.startup_models,
+                  "explicit mode: model to load at start ('*' = all); repeatable");
+  cmd->add_option("--repository-poll-secs", a->engine.poll_seconds, "poll mode: rescan interval")
+      ->capture_default_str();
+  cmd->add_option("--host", a->http.host, "Address to listen on (0.0.0.0 = every interface)")
+      ->capture_default_str();
+  cmd->add_option("--port,--http-port", a->http.port, "HTTP port")->capture_default_str();
+  cmd->add_option("--metrics-port", a->http.metrics_port, "Port serving /metrics only (0 = off)")
+      ->capture_default_str();
+  cmd->add_option("--threads", a->engine.threads,
+                  "Engine threads per model, split between its instances (config parameter "
+                  "intra_op_thread_count overrides)")
+      ->capture_default_str();
+  cmd->add_option("--http-threads", a->http.network_threads, "Network (Asio) threads")
+      ->capture_default_str();
+  cmd->add_option("--worker-threads", a->http.worker_threads,
+                  "Threads for JSON parsing, image decoding and response formatting")
+      ->capture_default_str();
+  cmd->add_option("--default-max-batch-size", a->engine.default_max_batch_size,
+                  "max_batch_size given to batching models whose config does not set one")
+      ->capture_default_str();
+  cmd->add_option("--max-queue-size", a->engine.max_queue_size,
+                  "Queued requests per model before 503 (when the config sets none)")
+      ->capture_default_str();
+  cmd->add_option("--request-timeout-ms", a->engine.request_timeout_ms,
+                  "Longest wait in a model's queue (config default_timeout_microseconds wins)")
+      ->capture_default_str();
+  cmd->add_option("--max-body-bytes", a->http.max_body_bytes, "Largest request body")
+      ->capture_default_str();
+  cmd->add_option("--max-header-bytes", a->http.max_header_bytes, "Largest request header")
+      ->capture_default_str();
+  cmd->add_option("--max-json-bytes", a->http.max_json_bytes, "Largest JSON document")
+      ->capture_default_str();
+  cmd->add_option("--max-json-depth", a->http.max_json_depth, "Deepest JSON nesting")
+      ->capture_default_str();
+  cmd->add_option("--max-image-bytes", a->http.image_limits.max_encoded_bytes,
+                  "Largest uploaded image file")
+      ->capture_default_str();
+  cmd->add_option("--max-pixels", a->http.image_limits.max_pixels,
+                  "Largest decoded image (width x height), checked from the file header")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", a->http.max_connections, "Open connections at most")
+      ->capture_default_str();
+  cmd->add_option("--idle-timeout", a->http.idle_timeout_s,
+                  "Seconds a keep-alive connection may wait for its next request")
+      ->capture_default_str();
+  cmd->add_option("--read-timeout", a->http.read_timeout_s,
+                  "Seconds to receive a request body (and to send a response)")
+      ->capture_default_str();
+  cmd->add_option("--drain-timeout", a->http.drain_timeout_s,
+                  "On SIGTERM/SIGINT: seconds to finish requests in flight")
+      ->capture_default_str();
+  cmd->footer(
+      "Stops on SIGTERM or Ctrl-C: no new connections, requests in flight are answered, exit "
+      "code 0.");
+  cmd->callback([run, a] { *run = [a] { return RunServe(*a); }; });
+}
+
+}  // namespace kiln::cli

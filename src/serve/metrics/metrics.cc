@@ -1,0 +1,141 @@
+#include "kiln/serve/metrics.h"
+
+#include <charconv>
+#include <cmath>
+
+namespace kiln::serve::metrics {
+
+namespace {
+
+std::string Escape(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+std::string RenderLabels(const Labels& labels) {
+  std::string s;
+  for (const auto& [k, v] : labels) s += (s.empty() ? "" : ",") + k + "=\"" + Escape(v) + "\"";
+  return s;
+}
+
+std::string Number(double v) {
+  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
+  if (std::isnan(v)) return "NaN";
+  char buf[64];
+  auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+// `labels` plus one more label (le), rendered.
+std::string With(const std::string& labels, const std::string& extra) {
+  return "{" + labels + (labels.empty() ? "" : ",") + extra + "}";
+}
+
+}  // namespace
+
+void Series::Add(double v) {
+  std::lock_guard l(mu_);
+  value_ += v;
+}
+void Series::Set(double v) {
+  std::lock_guard l(mu_);
+  value_ = v;
+}
+void Series::Observe(double v) {
+  std::lock_guard l(mu_);
+  size_t i = 0;
+  while (bounds_ != nullptr && i < bounds_->size() && v > (*bounds_)[i]) ++i;
+  ++buckets_[i];
+  sum_ += v;
+  ++count_;
+}
+double Series::value() const {
+  std::lock_guard l(mu_);
+  return bounds_ != nullptr ? static_cast<double>(count_) : value_;
+}
+
+std::vector<double> DefaultLatencyBuckets() {
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+          0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,     10};
+}
+
+Series* Registry::Get(const std::string& name, const std::string& help, const std::string& type,
+                      const Labels& labels, const std::vector<double>& bounds) {
+  std::lock_guard l(mu_);
+  Family& f = families_[name];
+  if (f.type.empty()) {
+    f.help = help;
+    f.type = type;
+    f.bounds = bounds;
+  }
+  auto& s = f.series[RenderLabels(labels)];
+  if (!s) {
+    s = std::make_unique<Series>();
+    if (type == "histogram") {
+      s->bounds_ = &f.bounds;
+      s->buckets_.assign(f.bounds.size() + 1, 0);
+    }
+  }
+  return s.get();
+}
+
+Series* Registry::Counter(const std::string& name, const std::string& help,
+                          const Labels& labels) {
+  return Get(name, help, "counter", labels, {});
+}
+Series* Registry::Gauge(const std::string& name, const std::string& help, const Labels& labels) {
+  return Get(name, help, "gauge", labels, {});
+}
+Series* Registry::Histogram(const std::string& name, const std::string& help,
+                            const Labels& labels, const std::vector<double>& bounds) {
+  return Get(name, help, "histogram", labels, bounds);
+}
+
+void Registry::OnRender(std::function<void()> hook) {
+  std::lock_guard l(mu_);
+  hooks_.push_back(std::move(hook));
+}
+
+std::string Registry::Render() const {
+  std::vector<std::function<void()>> hooks;
+  {
+    std::lock_guard l(mu_);
+    hooks = hooks_;
+  }
+  for (auto& h : hooks) h();
+  std::lock_guard l(mu_);
+  std::string out;
+  for (const auto& [name, f] : families_) {
+    if (f.series.empty()) continue;
+    out += "# HELP " + name + " " + f.help + "\n# TYPE " + name + " " + f.type + "\n";
+    for (const auto& [labels, s] : f.series) {
+      std::lock_guard sl(s->mu_);
+      if (f.type != "histogram") {
+        out += name + (labels.empty() ? "" : "{" + labels + "}") + " " + Number(s->value_) + "\n";
+        continue;
+      }
+      uint64_t cumulative = 0;
+      for (size_t i = 0; i <= f.bounds.size(); ++i) {
+        cumulative += s->buckets_[i];
+        const std::string le =
+            i < f.bounds.size() ? Number(f.bounds[i]) : std::string("+Inf");
+        out += name + "_bucket" + With(labels, "le=\"" + le + "\"") + " " +
+               std::to_string(cumulative) + "\n";
+      }
+      const std::string l2 = labels.empty() ? "" : "{" + labels + "}";
+      out += name + "_sum" + l2 + " " + Number(s->sum_) + "\n";
+      out += name + "_count" + l2 + " " + std::to_string(s->count_) + "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace kiln::serve::metrics
