@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Kiln's main job on a fresh machine: set up, build, then run the whole pipeline on the shared
 # CIFAR-10 archive (train -> export -> optimize -> bench; about 40 minutes on 2 cores) into
-# runs/pipeline, print the best model and where the report is. Re-running reuses finished
-# stages. Extra arguments go to `kiln pipeline` (e.g. --quick for a few-minute smoke run).
+# runs/pipeline, print the best model and where the report is, then serve it. Re-running
+# reuses finished stages. Extra arguments go to `kiln pipeline` (e.g. --quick for a few-minute smoke run).
 #   DATA=path/to/cifar-10-binary.tar.gz scripts/main.sh --quick
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -13,3 +13,11 @@ cmake --preset release
 cmake --build --preset release
 build/release/kiln data verify --data "$DATA"
 build/release/kiln pipeline --data "$DATA" --out runs/pipeline "$@"
+# Then serve the best INT8 model and the FP32 model from a Triton-layout repository (configs are
+# completed from the files): http://127.0.0.1:8000 (web page at /), Ctrl-C to stop.
+REPO=runs/pipeline/model_repository
+for v in int8-static fp32; do
+  mkdir -p "$REPO/kiln-$v/1"
+  cp runs/pipeline/optimized/$v.onnx "$REPO/kiln-$v/1/model.onnx"
+done
+exec build/release/kiln serve --models "$REPO"

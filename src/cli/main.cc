@@ -46,12 +46,12 @@ int main(int argc, char** argv) {
   kiln::cli::RegisterOptimizeCommand(app, &run);
   kiln::cli::RegisterBenchCommand(app, &run);
   kiln::cli::RegisterPipelineCommand(app, &run);
-  for (int i = 0; i < argc; ++i) {
-    kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
-  }
   kiln::cli::RegisterVersionCommand(app, &run);
   kiln::cli::RegisterServeCommand(app, &run);
   kiln::cli::RegisterLoadgenCommand(app, &run);
+  for (int i = 0; i < argc; ++i) {
+    kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
+  }
   if (argc > 1 && argv[1][0] != '-') {  // name the unknown command instead of CLI11's generic text
     std::string names;
     bool known = false;
