@@ -144,6 +144,13 @@ std::map<std::string, int64_t> CountOperators(const onnx::ModelProto& model) {
   return ops;
 }
 
+int64_t OnnxOpset(const onnx::ModelProto& model) {
+  for (const auto& o : model.opset_import()) {
+    if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
+  }
+  return 0;
+}
+
 void SetMetadata(onnx::ModelProto* model, const std::string& key, const std::string& value) {
   for (auto& e : *model->mutable_metadata_props()) {
     if (e.key() == key) {

@@ -49,13 +49,6 @@ Status WriteText(const fs::path& file, const std::string& text) {
   return Status::Ok();
 }
 
-int64_t Opset(const onnx::ModelProto& m) {
-  for (const auto& o : m.opset_import()) {
-    if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
-  }
-  return 0;
-}
-
 // The session settings Kiln recommends for every variant on a CPU (see docs/optimize.md).
 json RecommendedSession(int threads) {
   return {{"graph_optimization_level", "all"},
@@ -291,7 +284,7 @@ class Optimizer {
       KILN_ASSIGN_OR_RETURN(final_ckpt, train::LoadCheckpoint(t.out_dir / "best.ckpt"));
     }
     exporter::OnnxExportOptions eo;
-    eo.opset = std::clamp<int64_t>(Opset(source_), 13, 17);
+    eo.opset = std::clamp<int64_t>(OnnxOpset(source_), 13, 17);
     eo.input_name = source_.graph().input(0).name();
     eo.output_name = source_.graph().output(0).name();
     KILN_RETURN_IF_ERROR(exporter::ExportOnnx(final_ckpt, eo, onnx_out));

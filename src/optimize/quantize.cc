@@ -13,6 +13,7 @@
 
 #include "kiln/backend/onnxruntime_backend.h"
 #include "kiln/core/progress.h"
+#include "kiln/optimize/onnx_graph.h"
 
 namespace kiln::optimize {
 
@@ -84,13 +85,6 @@ float FloatAttr(const onnx::NodeProto& n, const std::string& name, float fallbac
   return fallback;
 }
 
-int64_t DefaultOpset(const onnx::ModelProto& m) {
-  for (const auto& o : m.opset_import()) {
-    if (o.domain().empty() || o.domain() == "ai.onnx") return o.version();
-  }
-  return 0;
-}
-
 // Per-channel symmetric INT8 quantization of `w` (dims `dims`) along `axis` (-1: per tensor).
 struct QuantizedWeight {
   std::vector<int8_t> values;
@@ -121,6 +115,25 @@ QuantizedWeight QuantizeWeight(const std::vector<float>& w, const std::vector<in
 
 std::vector<int64_t> DimsOf(const onnx::TensorProto& t) {
   return std::vector<int64_t>(t.dims().begin(), t.dims().end());
+}
+
+// Makes `nodes` the graph's nodes, drops the float originals of quantized weights (`replaced`)
+// that nothing reads any more, and clears value_info (shapes of renamed values are stale).
+void ReplaceNodes(onnx::GraphProto* g, std::vector<onnx::NodeProto> nodes,
+                  const std::set<std::string>& replaced) {
+  g->clear_node();
+  for (auto& n : nodes) *g->add_node() = std::move(n);
+  std::set<std::string> used;
+  for (const auto& n : g->node()) {
+    for (const auto& in : n.input()) used.insert(in);
+  }
+  auto* list = g->mutable_initializer();
+  list->erase(std::remove_if(list->begin(), list->end(),
+                             [&](const onnx::TensorProto& t) {
+                               return replaced.count(t.name()) && !used.count(t.name());
+                             }),
+              list->end());
+  g->clear_value_info();
 }
 
 const std::set<std::string> kComputeOps = {"Conv", "Gemm", "MatMul", "Add", "Relu"};
@@ -394,7 +407,7 @@ Result<TensorRanges> Calibrate(const onnx::ModelProto& model, const float* image
 Result<onnx::ModelProto> QuantizeStatic(const onnx::ModelProto& model, const TensorRanges& ranges,
                                         const QuantizeOptions& options, QuantizeReport* report) {
   KILN_RETURN_IF_ERROR(options.Validate());
-  if (DefaultOpset(model) < 13) {
+  if (OnnxOpset(model) < 13) {
     return InvalidArgumentError("static quantization needs opset >= 13 (per-channel "
                                 "DequantizeLinear); re-export with --opset 13 or later");
   }
@@ -598,25 +611,12 @@ Result<onnx::ModelProto> QuantizeStatic(const onnx::ModelProto& model, const Ten
       if (params.count(y)) emit_qdq(y);
     }
   }
-  g->clear_node();
-  for (auto& n : emitted) *g->add_node() = std::move(n);
-  // Drop the float originals of quantized weights that nothing reads any more.
-  std::set<std::string> used;
-  for (const auto& n : g->node()) {
-    for (const auto& in : n.input()) used.insert(in);
-  }
-  auto* list = g->mutable_initializer();
-  list->erase(std::remove_if(list->begin(), list->end(),
-                             [&](const onnx::TensorProto& t) {
-                               return replaced_weights.count(t.name()) && !used.count(t.name());
-                             }),
-              list->end());
-  g->clear_value_info();
+  ReplaceNodes(g, std::move(emitted), replaced_weights);
   return out;
 }
 
 Result<onnx::ModelProto> QuantizeDynamic(const onnx::ModelProto& model, QuantizeReport* report) {
-  if (DefaultOpset(model) < 11) {
+  if (OnnxOpset(model) < 11) {
     return InvalidArgumentError("dynamic quantization needs opset >= 11 (DynamicQuantizeLinear)");
   }
   QuantizeReport local;
@@ -680,19 +680,7 @@ Result<onnx::ModelProto> QuantizeDynamic(const onnx::ModelProto& model, Quantize
     replaced.insert(base);
     ++rep.quantized_weights;
   }
-  g->clear_node();
-  for (auto& n : emitted) *g->add_node() = std::move(n);
-  std::set<std::string> used;
-  for (const auto& n : g->node()) {
-    for (const auto& in : n.input()) used.insert(in);
-  }
-  auto* list = g->mutable_initializer();
-  list->erase(std::remove_if(list->begin(), list->end(),
-                             [&](const onnx::TensorProto& t) {
-                               return replaced.count(t.name()) && !used.count(t.name());
-                             }),
-              list->end());
-  g->clear_value_info();
+  ReplaceNodes(g, std::move(emitted), replaced);
   return out;
 }
 

@@ -33,6 +33,9 @@ int64_t CountParameters(const onnx::ModelProto& model);
 // Number of nodes of each operator type ("QLinearConv" -> 8).
 std::map<std::string, int64_t> CountOperators(const onnx::ModelProto& model);
 
+// The version of the default ONNX operator set the model imports (0 when none).
+int64_t OnnxOpset(const onnx::ModelProto& model);
+
 // Sets (or replaces) a metadata_props entry.
 void SetMetadata(onnx::ModelProto* model, const std::string& key, const std::string& value);
 std::string GetMetadata(const onnx::ModelProto& model, const std::string& key);
