@@ -7,6 +7,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "../test_models.h"
 #include "../test_util.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/export/onnx_export.h"
@@ -20,30 +21,7 @@ namespace fs = std::filesystem;
 
 // A model with non-trivial weights and batch-norm statistics: a few SGD steps on real images.
 train::Checkpoint SmallTrainedModel(const std::string& arch) {
-  torch::manual_seed(7);
-  auto model = train::CreateModel(arch, {});
-  EXPECT_TRUE(model.ok()) << model.status().ToString();
-  const data::ImageSet& train = testing::SharedDataset().train;
-  train::Checkpoint ckpt;
-  ckpt.meta.arch = arch;
-  ckpt.meta.class_names = testing::SharedDataset().class_names;
-  ckpt.meta.normalization = data::ComputeNormalization(train.Subset({0, 1, 2, 3, 4, 5, 6, 7}));
-  ckpt.model = *model;
-  data::LoaderOptions lo;
-  lo.batch_size = 64;
-  data::BatchLoader loader(&train, ckpt.meta.normalization, lo);
-  auto images = torch::empty({64, 3, 32, 32});
-  auto labels = torch::empty({64}, torch::kInt64);
-  torch::optim::SGD opt(ckpt.model->parameters(), torch::optim::SGDOptions(0.05).momentum(0.9));
-  ckpt.model->train();
-  for (int64_t b = 0; b < 8; ++b) {
-    loader.FillBatch(0, b, images.data_ptr<float>(), labels.data_ptr<int64_t>());
-    opt.zero_grad();
-    torch::nn::functional::cross_entropy(ckpt.model->forward(images), labels).backward();
-    opt.step();
-  }
-  ckpt.model->eval();
-  return ckpt;
+  return testing::SmallTrainedModel(arch, /*seed=*/7, /*steps=*/8);
 }
 
 data::ImageSet TestImages(int64_t n) {
