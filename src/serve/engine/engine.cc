@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "kiln/backend/inference_backend.h"
+#include "kiln/backend/model_metadata.h"
 
 namespace kiln::serve {
 
@@ -757,7 +758,8 @@ class EngineImpl : public Engine {
       }
     }
     // Labels: the output's label_filename, else Kiln metadata, else labels.txt.
-    const auto& meta = first.metadata();
+    KILN_ASSIGN_OR_RETURN(backend::KilnModelMetadata kiln_meta,
+                          backend::ReadKilnMetadata(first.metadata(), model_path.string()));
     if (!config.output(0).label_filename().empty()) {
       const fs::path lf = model_dir / config.output(0).label_filename();
       if (!fs::exists(lf, ec)) {
@@ -765,26 +767,16 @@ class EngineImpl : public Engine {
                              "' not found in " + model_dir.string());
       }
       info->labels = ReadLines(lf);
-    } else if (meta.count("kiln.labels") > 0) {
-      auto j = nlohmann::json::parse(meta.at("kiln.labels"), nullptr, false);
-      if (j.is_array()) {
-        for (const auto& x : j) info->labels.push_back(x.is_string() ? x.get<std::string>() : "");
-      }
+    } else if (kiln_meta.has_labels()) {
+      info->labels = std::move(kiln_meta.labels);
     } else if (fs::exists(model_dir / "labels.txt", ec)) {
       info->labels = ReadLines(model_dir / "labels.txt");
     }
-    if (meta.count("kiln.normalization") > 0) {
-      auto j = nlohmann::json::parse(meta.at("kiln.normalization"), nullptr, false);
-      if (j.is_object() && j.contains("mean") && j.contains("std")) {
-        try {
-          info->normalization.mean = j.at("mean").get<std::vector<float>>();
-          info->normalization.std = j.at("std").get<std::vector<float>>();
-          info->has_kiln_normalization = true;
-        } catch (const std::exception&) {
-        }
-      }
-    }
-    if (!info->has_kiln_normalization) {
+    info->has_kiln_normalization = kiln_meta.has_normalization();
+    if (info->has_kiln_normalization) {
+      info->normalization.mean = std::move(kiln_meta.mean);
+      info->normalization.std = std::move(kiln_meta.stddev);
+    } else {
       info->normalization.mean.assign(3, 0.f);
       info->normalization.std.assign(3, 1.f);
     }
