@@ -1,4 +1,6 @@
-// kiln data verify | fetch
+// kiln data verify | fetch | images
+#include <filesystem>
+#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -6,6 +8,7 @@
 #include "commands.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/fetch.h"
+#include "kiln/data/image.h"
 
 namespace kiln::cli {
 
@@ -75,10 +78,66 @@ int RunFetch(const data::FetchOptions& options) {
   return 0;
 }
 
+struct ImagesArgs {
+  std::string data = DefaultDataPath();
+  std::string out = "images";
+  std::string split = "test";
+  std::string format = "png";
+  int64_t count = 100;
+  int64_t first = 0;
+};
+
+// Writes images of the data set as ordinary image files named <index>_<class>.<ext>, e.g. to
+// try `kiln predict`, the server's /predict and web page, or `kiln loadgen --mode image`.
+int RunImages(const ImagesArgs& a) {
+  auto ds = data::LoadCifar10(a.data);
+  if (!ds.ok()) {
+    std::cerr << "kiln data images: " << ds.status().ToString() << "\n";
+    return kExitFailure;
+  }
+  const data::ImageSet& set = a.split == "train" ? ds->train : ds->test;
+  if (a.first >= set.size()) {
+    std::cerr << "kiln data images: --first " << a.first << " is past the " << set.size()
+              << " images of the " << a.split << " split\n";
+    return kExitUsage;
+  }
+  const data::ImageFormat format = a.format == "jpg"    ? data::ImageFormat::kJpeg
+                                   : a.format == "bmp"  ? data::ImageFormat::kBmp
+                                   : a.format == "webp" ? data::ImageFormat::kWebp
+                                                        : data::ImageFormat::kPng;
+  std::error_code ec;
+  std::filesystem::create_directories(a.out, ec);
+  if (ec) {
+    std::cerr << "kiln data images: cannot create " << a.out << ": " << ec.message() << "\n";
+    return kExitFailure;
+  }
+  const int64_t end = std::min(set.size(), a.first + a.count);
+  for (int64_t i = a.first; i < end; ++i) {
+    auto bytes = data::EncodeImage(set.image(i), set.channels, set.height, set.width, format);
+    if (!bytes.ok()) {
+      std::cerr << "kiln data images: " << bytes.status().ToString() << "\n";
+      return kExitFailure;
+    }
+    char name[64];
+    std::snprintf(name, sizeof name, "%05lld_", static_cast<long long>(i));
+    const std::filesystem::path file = std::filesystem::path(a.out) /
+                                       (name + ds->class_names[set.labels[i]] + "." + a.format);
+    std::ofstream f(file, std::ios::binary);
+    f.write(bytes->data(), static_cast<std::streamsize>(bytes->size()));
+    if (!f) {
+      std::cerr << "kiln data images: cannot write " << file.string() << "\n";
+      return kExitFailure;
+    }
+  }
+  std::cout << "wrote " << (end - a.first) << " " << a.split << " images to " << a.out << "\n";
+  return 0;
+}
+
 }  // namespace
 
 void RegisterDataCommand(CLI::App& app, Runner* run) {
-  auto* data = app.add_subcommand("data", "Verify or download the CIFAR-10 data set");
+  auto* data = app.add_subcommand(
+      "data", "Verify or download the CIFAR-10 data set, or write its images as files");
   data->require_subcommand(1);
 
   auto verify_args = std::make_shared<VerifyArgs>();
@@ -106,6 +165,30 @@ void RegisterDataCommand(CLI::App& app, Runner* run) {
       ->check(CLI::PositiveNumber);
   fetch->add_flag("--force", fetch_opts->force, "Download again even if a verified copy exists");
   fetch->callback([run, fetch_opts] { *run = [fetch_opts] { return RunFetch(*fetch_opts); }; });
+
+  auto images_args = std::make_shared<ImagesArgs>();
+  auto* images = data->add_subcommand(
+      "images", "Write images of the data set as image files (<index>_<class>.png), e.g. to try "
+                "kiln predict or the server");
+  images
+      ->add_option("--data,--archive", images_args->data,
+                   "cifar-10-binary.tar.gz or the folder it extracts to")
+      ->capture_default_str();
+  images->add_option("--out", images_args->out, "Folder to write into")->capture_default_str();
+  images->add_option("--split", images_args->split, "test or train")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"test", "train"}));
+  images->add_option("--count,-n", images_args->count, "How many images")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{60000}));
+  images->add_option("--first", images_args->first, "Index of the first image")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  images->add_option("--format", images_args->format, "png, jpg, bmp or webp")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"png", "jpg", "bmp", "webp"}));
+  images->callback(
+      [run, images_args] { *run = [images_args] { return RunImages(*images_args); }; });
 }
 
 }  // namespace kiln::cli

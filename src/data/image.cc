@@ -436,4 +436,37 @@ Status PreprocessImage(const RgbImage& image, int64_t height, int64_t width,
   return Status::Ok();
 }
 
+Result<std::string> EncodeImage(const uint8_t* chw, int64_t channels, int64_t height,
+                                int64_t width, ImageFormat format) {
+  const char* ext = nullptr;
+  switch (format) {
+    case ImageFormat::kPng: ext = ".png"; break;
+    case ImageFormat::kJpeg: ext = ".jpg"; break;
+    case ImageFormat::kBmp: ext = ".bmp"; break;
+    case ImageFormat::kWebp: ext = ".webp"; break;
+    case ImageFormat::kTiff: ext = ".tiff"; break;
+    default:
+      return InvalidArgumentError("cannot encode " + std::string(ImageFormatName(format)));
+  }
+  if (channels != 3 || height < 1 || width < 1) {
+    return InvalidArgumentError("EncodeImage takes 3-channel images of at least 1x1 pixel");
+  }
+  const int h = static_cast<int>(height), w = static_cast<int>(width);
+  const int64_t plane = height * width;
+  // OpenCV writes BGR: plane 2 (blue) first.
+  std::vector<cv::Mat> planes;
+  for (int c = 2; c >= 0; --c) {
+    planes.emplace_back(h, w, CV_8UC1, const_cast<uint8_t*>(chw + c * plane));
+  }
+  cv::Mat bgr;
+  cv::merge(planes, bgr);
+  std::vector<uint8_t> out;
+  try {
+    if (!cv::imencode(ext, bgr, out)) return InternalError(std::string("cannot encode ") + ext);
+  } catch (const cv::Exception& e) {
+    return InternalError(std::string("cannot encode ") + ext + ": " + e.what());
+  }
+  return std::string(out.begin(), out.end());
+}
+
 }  // namespace kiln::data

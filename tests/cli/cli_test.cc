@@ -20,7 +20,8 @@ bool Contains(const std::string& s, const std::string& part) {
 
 TEST(CliTest, EveryCommandHasHelp) {
   for (const char* cmd :
-       {"", "data", "data verify", "data fetch", "train", "eval", "export", "predict", "version"}) {
+       {"", "data", "data verify", "data fetch", "data images", "train", "eval", "export",
+        "predict", "optimize", "bench", "pipeline", "serve", "loadgen", "version"}) {
     auto r = RunKiln(std::string(cmd) + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd << "\n" << r.output;
     EXPECT_TRUE(Contains(r.output, "Usage")) << cmd << "\n" << r.output;
@@ -65,6 +66,34 @@ TEST(CliTest, DataVerifyPrintsASummary) {
   auto text = RunKiln("data verify --data '" + testing::DataArchive().string() + "'");
   EXPECT_EQ(text.exit_code, 0);
   EXPECT_TRUE(Contains(text.output, "airplane        5000    1000")) << text.output;
+}
+
+// kiln data images writes real test images as files, named by index and class, with the data
+// set's exact pixels (PNG is lossless).
+TEST(CliTest, DataImagesWritesTestImagesAsFiles) {
+  testing::TempDir dir;
+  auto r = RunKiln("data images --count 5 --first 3 --out '" + dir.path().string() +
+                   "' --data '" + testing::DataArchive().string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const data::ImageSet& test = testing::SharedDataset().test;
+  const auto& names = testing::SharedDataset().class_names;
+  for (int64_t i = 3; i < 8; ++i) {
+    char stem[16];
+    std::snprintf(stem, sizeof stem, "%05lld_", static_cast<long long>(i));
+    const auto file = dir.path() / (stem + names[test.labels[i]] + ".png");
+    const cv::Mat img = cv::imread(file.string(), cv::IMREAD_COLOR);  // BGR
+    ASSERT_FALSE(img.empty()) << file;
+    ASSERT_EQ(img.rows, 32);
+    for (int c = 0; c < 3; ++c) {
+      for (int p = 0; p < 1024; ++p) {
+        ASSERT_EQ(img.data[p * 3 + (2 - c)], test.image(i)[c * 1024 + p]) << file;
+      }
+    }
+  }
+  EXPECT_EQ(RunKiln("data images --first 99999 --out '" + dir.path().string() + "' --data '" +
+                    testing::DataArchive().string() + "'")
+                .exit_code,
+            2);
 }
 
 TEST(CliTest, VersionReportsTheEngines) {

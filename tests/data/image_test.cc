@@ -300,6 +300,39 @@ TEST(ImageTest, PngTensorEqualsTheTrainingPipelineTensor) {
   }
 }
 
+// EncodeImage (kiln data images) writes the data set's own pixels: lossless formats decode
+// back to exactly the planar CIFAR-10 bytes, JPEG to nearly them.
+TEST(ImageTest, EncodeImageRoundTripsTheDataSetPixels) {
+  const ImageSet& test = testing::SharedDataset().test;
+  for (ImageFormat format : {ImageFormat::kPng, ImageFormat::kBmp, ImageFormat::kTiff,
+                             ImageFormat::kWebp, ImageFormat::kJpeg}) {
+    SCOPED_TRACE(std::string(ImageFormatName(format)));
+    auto bytes = EncodeImage(test.image(7), 3, 32, 32, format);
+    KILN_ASSERT_RESULT_OK(bytes);
+    EXPECT_EQ(SniffImageFormat(*bytes), format);
+    auto img = DecodeImage(*bytes, {});
+    KILN_ASSERT_RESULT_OK(img);
+    ASSERT_EQ(img->width, 32);
+    ASSERT_EQ(img->height, 32);
+    int max_diff = 0;
+    for (int64_t c = 0; c < 3; ++c) {
+      for (int64_t p = 0; p < 1024; ++p) {
+        const int want = test.image(7)[c * 1024 + p];
+        const int got = img->pixels[static_cast<size_t>(p * 3 + c)];
+        max_diff = std::max(max_diff, std::abs(want - got));
+      }
+    }
+    // OpenCV writes WebP lossless by default; JPEG is lossy.
+    if (format == ImageFormat::kJpeg) {
+      EXPECT_LT(max_diff, 96);
+    } else {
+      EXPECT_EQ(max_diff, 0);
+    }
+  }
+  EXPECT_FALSE(EncodeImage(test.image(0), 3, 32, 32, ImageFormat::kGif).ok());
+  EXPECT_FALSE(EncodeImage(test.image(0), 1, 32, 32, ImageFormat::kPng).ok());
+}
+
 TEST(ImageTest, BadInputIsAnErrorNotACrash) {
   const std::string png = Encode(TestPicture(), ".png");
   const std::string jpeg = Encode(TestPicture(), ".jpg");
