@@ -69,6 +69,7 @@ def main():
     p.add_argument("--stable-tolerance", type=float, default=0.03)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--output", required=True)
+    p.add_argument("--variant", default="fp32", help="name of the variant in the report")
     a = p.parse_args()
 
     def write(obj):
@@ -123,7 +124,7 @@ def main():
     results = []
     for (threads, engine, batch), (ms, medians, stable) in pooled.items():
         median = statistics.median(ms)
-        results.append({"variant": "fp32", "engine": engine, "threads": threads, "batch": batch,
+        results.append({"variant": a.variant, "engine": engine, "threads": threads, "batch": batch,
                         "runs": len(ms), "stable": stable, "median_ms": median,
                         "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
                         "min_ms": min(ms), "max_ms": max(ms), "round_medians_ms": medians,

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "kiln/backend/inference_backend.h"
+#include "kiln/backend/model_metadata.h"
 #include "kiln/backend/onnxruntime_backend.h"
 #include "kiln/bench/roof.h"
 #include "kiln/core/version.h"
@@ -179,7 +180,7 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
       << " --warmup-seconds " << o.warmup_seconds << " --min-runs " << o.min_runs
       << " --min-seconds " << o.min_seconds << " --max-seconds " << o.max_seconds
       << " --stable-tolerance " << o.stable_tolerance << " --rounds " << o.rounds << " --output '"
-      << out.string() << "'";
+      << out.string() << "' --variant '" << fp32.value("name", "fp32") << "'";
   if (progress) *progress << "[bench] peers: " << cmd.str() << "\n" << std::flush;
   const int rc = std::system((cmd.str() + " 1>&2").c_str());
   if (!fs::exists(out)) {
@@ -209,7 +210,10 @@ void BenchOptions::ApplyQuick() {
 }
 
 Status BenchOptions::Validate() const {
-  if (manifest.empty()) return InvalidArgumentError("a manifest.json is required (--manifest)");
+  if (manifest.empty() == models.empty()) {
+    return InvalidArgumentError("give a manifest.json from kiln optimize (--manifest) or model "
+                                "files (--model), not both");
+  }
   if (batch_sizes.empty() || threads.empty()) {
     return InvalidArgumentError("batch sizes and thread counts must not be empty");
   }
@@ -232,22 +236,88 @@ Status BenchOptions::Validate() const {
   return Status::Ok();
 }
 
+Result<json> ManifestFromModels(const std::vector<fs::path>& models) {
+  json variants = json::array();
+  std::map<fs::path, size_t> index;  // folder/stem -> variant
+  json manifest = {{"normalization_source", "none"}};
+  std::vector<float> mean, stddev;
+  std::string first_model;
+  for (const fs::path& given : models) {
+    std::error_code ec;
+    if (!fs::is_regular_file(given, ec)) return NotFoundError(given.string() + ": no such file");
+    const fs::path file = fs::absolute(given, ec);
+    const std::string ext = file.extension().string();
+    if (ext != ".onnx" && ext != ".pt") {
+      return InvalidArgumentError(given.string() + ": not a model file (.onnx or .pt)");
+    }
+    const fs::path key = file.parent_path() / file.stem();
+    auto [it, inserted] = index.emplace(key, variants.size());
+    if (inserted) {
+      std::string name = file.stem().string();
+      if (name == "model" && file.parent_path().has_filename()) {
+        name = file.parent_path().filename().string();
+      }
+      for (const json& v : variants) {
+        if (v["name"] == name) name += "-" + std::to_string(variants.size() + 1);
+      }
+      variants.push_back({{"name", name}, {"status", "ok"}, {"size_bytes", 0}});
+    }
+    json& v = variants[it->second];
+    const char* field = ext == ".onnx" ? "file" : "torchscript_file";
+    if (v.contains(field)) return InvalidArgumentError(given.string() + ": given twice");
+    v[field] = file.string();
+    // The ONNX file's size is the variant's size (as in a kiln optimize manifest).
+    if (ext == ".onnx" || !v.contains("file")) {
+      v["size_bytes"] = static_cast<int64_t>(fs::file_size(file, ec));
+    }
+    backend::BackendOptions bo;
+    bo.model_path = file.string();
+    bo.intra_op_threads = 1;
+    KILN_ASSIGN_OR_RETURN(auto engine,
+                          backend::CreateBackend(ext == ".onnx" ? "onnxruntime" : "libtorch", bo));
+    KILN_ASSIGN_OR_RETURN(backend::KilnModelMetadata meta,
+                          backend::ReadKilnMetadata(engine->metadata(), file.string()));
+    if (first_model.empty()) {
+      first_model = given.string();
+      mean = meta.has_normalization() ? meta.mean : std::vector<float>(3, 0.f);
+      stddev = meta.has_normalization() ? meta.stddev : std::vector<float>(3, 1.f);
+      if (meta.has_normalization()) manifest["normalization_source"] = "kiln metadata";
+      manifest["labels"] = meta.labels;
+      const auto& m = engine->metadata();
+      manifest["arch"] = m.count("kiln.arch") ? m.at("kiln.arch") : file.filename().string();
+    } else if (meta.has_normalization() ? (meta.mean != mean || meta.stddev != stddev)
+                                        : manifest["normalization_source"] != "none") {
+      return InvalidArgumentError(given.string() + " and " + first_model +
+                                  " expect different input normalization: benchmark them "
+                                  "separately");
+    }
+  }
+  manifest["normalization"] = {{"mean", mean}, {"std", stddev}};
+  manifest["variants"] = variants;
+  return manifest;
+}
+
 Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
                       const std::atomic<bool>* stop) {
   KILN_RETURN_IF_ERROR(o.Validate());
   auto say = [&](const std::string& s) {
     if (progress) *progress << "[bench] " << s << "\n" << std::flush;
   };
-  if (!fs::exists(o.manifest)) return NotFoundError(o.manifest.string() + ": no such manifest");
   json manifest;
-  try {
-    manifest = json::parse(ReadFile(o.manifest));
-    (void)manifest.at("variants").size();
-  } catch (const json::exception& e) {
-    return InvalidArgumentError(o.manifest.string() + ": not a kiln optimize manifest (" +
-                                e.what() + ")");
+  if (!o.models.empty()) {
+    KILN_ASSIGN_OR_RETURN(manifest, ManifestFromModels(o.models));
+  } else {
+    if (!fs::exists(o.manifest)) return NotFoundError(o.manifest.string() + ": no such manifest");
+    try {
+      manifest = json::parse(ReadFile(o.manifest));
+      (void)manifest.at("variants").size();
+    } catch (const json::exception& e) {
+      return InvalidArgumentError(o.manifest.string() + ": not a kiln optimize manifest (" +
+                                  e.what() + ")");
+    }
   }
-  const fs::path dir = o.manifest.parent_path();
+  // Model paths in a manifest are relative to it; ManifestFromModels writes absolute ones.
+  const fs::path dir = o.models.empty() ? o.manifest.parent_path() : fs::path();
   std::error_code ec;
   fs::create_directories(o.out_dir, ec);
   if (ec) return InvalidArgumentError("cannot create " + o.out_dir.string() + ": " + ec.message());
@@ -320,18 +390,25 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         std::find(o.variants.begin(), o.variants.end(), name) == o.variants.end()) {
       continue;
     }
-    if (name == "fp32") fp32_entry = v;
+    // The peers run the FP32 model: "fp32" in a manifest, else the first with a TorchScript file.
+    if (name == "fp32" || (fp32_entry.is_null() && !o.models.empty() &&
+                           v.contains("torchscript_file"))) {
+      fp32_entry = v;
+    }
     variants.push_back(v);
-    const fs::path onnx = dir / v["file"].get<std::string>();
+    const bool has_onnx = v.contains("file");
+    const fs::path onnx = has_onnx ? dir / v["file"].get<std::string>() : fs::path();
     for (int t : o.threads) {
-      if (wants("onnxruntime")) jobs.push_back({v, "onnxruntime", "onnxruntime", onnx, false, t});
+      if (wants("onnxruntime") && has_onnx) {
+        jobs.push_back({v, "onnxruntime", "onnxruntime", onnx, false, t});
+      }
       if (wants("libtorch") && v.contains("torchscript_file")) {
         jobs.push_back({v, "libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>(),
                         false, t});
       }
     }
     // ONNX Runtime's defaults choose their own thread count: measured once.
-    if (wants("onnxruntime-default") && name == "fp32") {
+    if (wants("onnxruntime-default") && has_onnx && (name == "fp32" || !o.models.empty())) {
       jobs.push_back({v, "onnxruntime-default", "onnxruntime", onnx, true, 0});
     }
   }
@@ -369,8 +446,8 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         s.round_medians.push_back(Percentile(t.ms, 50));
         s.stable = s.stable && t.stable;
         s.peak_rss = std::max(s.peak_rss, PeakRssBytes());
-        if (name == "fp32" && job.label == "onnxruntime" && batch == n_inputs &&
-            reference_top1.empty()) {
+        if (fp32_entry.is_object() && name == fp32_entry.value("name", "") &&
+            job.backend == "onnxruntime" && batch == n_inputs && reference_top1.empty()) {
           const int64_t k = engine->OutputElementsPerSample();
           for (int64_t i = 0; i < batch; ++i) {
             const float* row = out.data() + i * k;
@@ -405,13 +482,17 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       cell["batch"] = batch;
       cell["round_medians_ms"] = s.round_medians;
       cell["peak_rss_bytes"] = s.peak_rss;
-      const double achieved = static_cast<double>(flops) * cell["images_per_second"].get<double>();
-      cell["achieved_gflops"] = achieved / 1e9;
-      // ONNX Runtime's default may use every core: compare with the largest thread count.
-      const RoofPoint* rp = roof.At(
-          job.threads > 0 ? job.threads : *std::max_element(o.threads.begin(), o.threads.end()));
-      const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
-      cell["roof_fraction"] = peak > 0 ? achieved / 1e9 / peak : 0.0;
+      if (flops > 0) {  // unknown for plain model files (only kiln optimize counts them)
+        const double achieved =
+            static_cast<double>(flops) * cell["images_per_second"].get<double>();
+        cell["achieved_gflops"] = achieved / 1e9;
+        // ONNX Runtime's default may use every core: compare with the largest thread count.
+        const RoofPoint* rp = roof.At(job.threads > 0
+                                          ? job.threads
+                                          : *std::max_element(o.threads.begin(), o.threads.end()));
+        const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
+        if (peak > 0) cell["roof_fraction"] = achieved / 1e9 / peak;
+      }
       results.push_back(cell);
     }
   }
@@ -442,7 +523,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       {"format", "kiln-bench-1"},
       {"created", date},
       {"command", o.command_line},
-      {"manifest", o.manifest.string()},
+      {"manifest", o.models.empty() ? o.manifest.string() : std::string("(model files)")},
       {"machine", MachineInfo()},
       {"versions",
        {{"kiln", Version()},
@@ -451,7 +532,11 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         {"python_torch", peers.value("torch_version", "unavailable")}}},
       {"method",
        {{"inputs", std::to_string(n_inputs) + " CIFAR-10 test images (the first ones), normalized "
-                   "with the model's statistics; the same buffer for every engine"},
+                   "with the model's statistics; the same buffer for every engine" +
+                       (manifest.value("normalization_source", "") == "none"
+                            ? std::string(" (the model files carry no Kiln normalization: "
+                                          "pixels scaled to [0, 1] only)")
+                            : std::string())},
         {"warmup_runs", o.warmup_runs},
         {"warmup_seconds", o.warmup_seconds},
         {"min_runs", o.min_runs},

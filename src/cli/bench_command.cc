@@ -14,6 +14,7 @@ namespace fs = std::filesystem;
 struct BenchArgs {
   bench::BenchOptions opt;
   std::string manifest;
+  std::vector<std::string> models;
   std::string out_dir;
   std::string data = DefaultDataPath();
   bool quick = false;
@@ -23,10 +24,19 @@ struct BenchArgs {
 int RunBenchCommand(BenchArgs a) {
   bench::BenchOptions& o = a.opt;
   if (a.quick) o.ApplyQuick();
+  if (a.manifest.empty() == a.models.empty()) {
+    std::cerr << "kiln bench: give --manifest (from kiln optimize) or --model files, not both\n";
+    return kExitUsage;
+  }
   o.manifest = a.manifest;
+  o.models.assign(a.models.begin(), a.models.end());
   o.data = a.data;
-  o.out_dir = a.out_dir.empty() ? fs::path(a.manifest).parent_path().parent_path() / "bench"
-                                : fs::path(a.out_dir);
+  // Default report folder: <run>/bench beside <run>/optimized/manifest.json, or <folder of the
+  // first model>/bench.
+  const fs::path anchor = a.manifest.empty() ? fs::path(a.models[0]) : fs::path(a.manifest);
+  o.out_dir = !a.out_dir.empty()         ? fs::path(a.out_dir)
+              : a.manifest.empty() ? anchor.parent_path() / "bench"
+                                   : anchor.parent_path().parent_path() / "bench";
   o.peers = !a.no_peers;
   o.command_line = CommandLine();
   auto r = bench::RunBench(o, &std::cerr, &StopRequested());
@@ -50,9 +60,15 @@ void RegisterBenchCommand(CLI::App& app, Runner* run) {
       "Benchmark every variant of a kiln optimize manifest on every engine, batch size and thread "
       "count, with PyTorch peers; writes REPORT.md, report.json and plots");
   cmd->add_option("--manifest", a->manifest, "manifest.json written by kiln optimize")
-      ->required()
       ->check(CLI::ExistingFile);
-  cmd->add_option("--output,-o", a->out_dir, "Report folder (default: <run>/bench)");
+  cmd->add_option("--model", a->models,
+                  "Model files to measure instead of a manifest (.onnx, .pt; repeat the flag or "
+                  "separate with commas; a .onnx and .pt of one name in one folder are one "
+                  "variant). Accuracy and FLOPs are then not known")
+      ->delimiter(',')
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--output,-o", a->out_dir,
+                  "Report folder (default: <run>/bench, or <first model's folder>/bench)");
   cmd->add_option("--data,--archive", a->data, "CIFAR-10 archive (test images are the inputs)")
       ->capture_default_str();
   cmd->add_option("--variants", o.variants, "Only these variants (default: every one that passed)")

@@ -103,6 +103,40 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   EXPECT_EQ(r.output.find("$ kiln"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("already done"), std::string::npos);
 
+  // Plain model files instead of a manifest: model.onnx and model.pt of one folder are one
+  // variant, named after the folder, run on both engines; accuracy and FLOPs are not invented.
+  const fs::path export_dir = out / "train" / "export";
+  const fs::path files_out = dir.path() / "bench-files";
+  r = testing::RunKiln("bench --quick --no-peers --model '" + (export_dir / "model.onnx").string() +
+                       "' --model '" + (export_dir / "model.pt").string() + "' --output '" +
+                       files_out.string() + "'" + data);
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const json files = ReadJson(files_out / "report.json");
+  ASSERT_EQ(files["variants"].size(), 1U) << files["variants"].dump();
+  EXPECT_EQ(files["variants"][0]["name"], "export");
+  EXPECT_FALSE(files["variants"][0].contains("test_accuracy"));
+  std::set<std::string> file_engines;
+  for (const json& cell : files["results"]) {
+    ExpectConsistentCell(cell);
+    file_engines.insert(cell["engine"]);
+    EXPECT_FALSE(cell.contains("roof_fraction")) << "no FLOPs are known for plain files";
+  }
+  EXPECT_EQ(file_engines, (std::set<std::string>{"onnxruntime", "libtorch", "onnxruntime-default"}));
+  std::ifstream files_md_in(files_out / "REPORT.md");
+  const std::string files_md((std::istreambuf_iterator<char>(files_md_in)),
+                             std::istreambuf_iterator<char>());
+  EXPECT_NE(files_md.find("not measured"), std::string::npos);
+  EXPECT_EQ(files_md.find("Fastest within"), std::string::npos) << "no accuracy, no budget claim";
+  // Not a model file; both a manifest and models.
+  const fs::path notes = dir.path() / "notes.txt";
+  std::ofstream(notes) << "hello";
+  EXPECT_EQ(testing::RunKiln("bench --quick --model '" + notes.string() + "'" + data).exit_code, 2);
+  EXPECT_EQ(testing::RunKiln("bench --quick --model '" + (export_dir / "model.onnx").string() +
+                             "' --manifest '" + (out / "optimized" / "manifest.json").string() +
+                             "'" + data)
+                .exit_code,
+            2);
+
   // Without Python torch the report says so instead of failing.
   const fs::path fake = dir.path() / "python-without-torch";
   std::ofstream(fake) << "#!/bin/sh\nexec /usr/bin/python3 -S \"$@\"\n";

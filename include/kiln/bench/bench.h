@@ -28,7 +28,12 @@
 namespace kiln::bench {
 
 struct BenchOptions {
-  std::filesystem::path manifest;            // from kiln optimize
+  std::filesystem::path manifest;            // from kiln optimize; or else:
+  // Model files to measure instead of a manifest (.onnx, .pt). A .onnx and a .pt with the same
+  // name in the same folder are one variant (named after the file, or after its folder when the
+  // file is called "model"). Normalization comes from the files' Kiln metadata; accuracy and
+  // FLOPs are unknown (a manifest from kiln optimize has them).
+  std::vector<std::filesystem::path> models;
   std::filesystem::path data;                // CIFAR-10 (test images as inputs)
   std::filesystem::path out_dir;             // report.json, REPORT.md, *.png
   std::vector<std::string> variants;         // empty = every variant with status "ok"
@@ -51,6 +56,14 @@ struct BenchOptions {
   void ApplyQuick();
   Status Validate() const;
 };
+
+// The manifest RunBench uses for `models`: one variant per model (see BenchOptions::models),
+// with "file" (ONNX) and/or "torchscript_file" (absolute paths), size_bytes, status "ok", and the
+// normalization, labels and architecture read from the first file's Kiln metadata. Files
+// without Kiln normalization get mean 0 / std 1 ("normalization_source": "none").
+// InvalidArgument for an unknown extension or models that disagree on normalization; NotFound
+// for a missing file.
+Result<nlohmann::json> ManifestFromModels(const std::vector<std::filesystem::path>& models);
 
 // Runs the benchmark and writes report.json, REPORT.md and the plots into out_dir.
 Result<nlohmann::json> RunBench(const BenchOptions& options, std::ostream* progress,
