@@ -1,7 +1,12 @@
 // kiln loadgen: measures a KServe v2 server (Kiln, Triton, ...) the way Triton's perf_analyzer
-// does: closed-loop clients at each concurrency level, measurement windows until throughput and
-// latency are stable, latency percentiles, and the server's queue/compute split read from its
-// statistics endpoint. CSV columns use perf_analyzer's names.
+// does: closed-loop clients at each concurrency level, or an open loop at a fixed request rate
+// (constant or Poisson arrivals), measurement windows until throughput and latency are stable,
+// latency percentiles, and the server's queue/compute split read from its statistics endpoint.
+// CSV columns use perf_analyzer's names.
+//
+// In rate mode a request's latency runs from the time it was scheduled to be sent, not from when
+// a sender thread got to it: if the senders fall behind, the wait shows in the latency (no
+// "coordinated omission"), and the requests that left late are counted.
 #include <curl/curl.h>
 
 #include <algorithm>
@@ -35,6 +40,9 @@ struct LoadgenArgs {
   std::string images;         // image mode: a folder of image files
   int64_t batch_size = 1;
   std::string concurrency = "1:16:x2";
+  std::string request_rate;               // requests/s: N or START:END:STEP (open loop)
+  std::string distribution = "constant";  // rate mode: constant | poisson
+  int max_threads = 64;                   // rate mode: sender threads
   int window_ms = 2000;
   int max_windows = 10;
   double stability = 10.0;  // percent
@@ -74,26 +82,35 @@ struct Http {
   CURL* curl;
 };
 
-// "1:64:x2" -> 1 2 4 ... 64; "1:8:2" -> 1 3 5 7; "8" -> 8.
-Result<std::vector<int>> ParseLevels(const std::string& spec) {
+// "1:64:x2" -> 1 2 4 ... 64; "1:8:2" -> 1 3 5 7; "8" -> 8; rates may be fractional ("0.5").
+Result<std::vector<double>> ParseLevels(const std::string& flag, const std::string& spec) {
   std::vector<std::string> parts;
   std::stringstream ss(spec);
   for (std::string p; std::getline(ss, p, ':');) parts.push_back(p);
+  auto number = [](const std::string& text) {
+    size_t used = 0;
+    const double v = std::stod(text, &used);
+    if (used != text.size() || !std::isfinite(v)) throw std::invalid_argument(text);
+    return v;
+  };
   try {
-    if (parts.size() == 1) return std::vector<int>{std::stoi(parts[0])};
+    if (parts.size() == 1 && number(parts[0]) > 0) return std::vector<double>{number(parts[0])};
     if (parts.size() == 3) {
-      const int lo = std::stoi(parts[0]), hi = std::stoi(parts[1]);
+      const double lo = number(parts[0]), hi = number(parts[1]);
       const bool mul = !parts[2].empty() && parts[2][0] == 'x';
-      const int step = std::stoi(mul ? parts[2].substr(1) : parts[2]);
-      if (lo < 1 || hi < lo || step < (mul ? 2 : 1)) throw std::invalid_argument("range");
-      std::vector<int> out;
-      for (int c = lo; c <= hi; c = mul ? c * step : c + step) out.push_back(c);
+      const double step = number(mul ? parts[2].substr(1) : parts[2]);
+      if (lo <= 0 || hi < lo || step < (mul ? 2 : 1e-9)) throw std::invalid_argument("range");
+      std::vector<double> out;
+      for (double c = lo; c <= hi * (1 + 1e-9) && out.size() < 1000;
+           c = mul ? c * step : c + step) {
+        out.push_back(c);
+      }
       return out;
     }
   } catch (const std::exception&) {
   }
-  return InvalidArgumentError("--concurrency '" + spec +
-                              "': expected N, START:END:STEP or START:END:xFACTOR");
+  return InvalidArgumentError(flag + " '" + spec +
+                              "': expected N, START:END:STEP or START:END:xFACTOR (N > 0)");
 }
 
 struct ServerSplit {
@@ -126,7 +143,9 @@ double Percentile(std::vector<double>& v, double q) {
 }
 
 int RunLoadgen(const LoadgenArgs& a) {
-  auto levels = ParseLevels(a.concurrency);
+  const bool rate_mode = !a.request_rate.empty();
+  auto levels = rate_mode ? ParseLevels("--request-rate", a.request_rate)
+                          : ParseLevels("--concurrency", a.concurrency);
   if (!levels.ok()) {
     std::cerr << "kiln loadgen: " << levels.status().message() << "\n";
     return kExitUsage;
@@ -194,21 +213,40 @@ int RunLoadgen(const LoadgenArgs& a) {
   std::ofstream csv;
   if (!a.csv.empty()) {
     csv.open(a.csv);
-    csv << "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+    csv << (rate_mode ? "Request Rate" : "Concurrency") << ",Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
            "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
            "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
            "response wait\n";
   }
-  std::printf("%-11s %12s %10s %10s %10s %10s %10s %10s %8s\n", "concurrency", "infer/s",
-              "p50 ms", "p90 ms", "p95 ms", "p99 ms", "queue ms", "compute ms", "errors");
-  for (int c : *levels) {
+  std::printf("%-12s %12s %10s %10s %10s %10s %10s %10s %8s%s\n",
+              rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
+              "p99 ms", "queue ms", "compute ms", "errors", rate_mode ? "  late" : "");
+  for (double level : *levels) {
     if (StopRequested()) return kExitInterrupted;
     std::mutex mu;
     std::vector<double> latencies;  // seconds, current window
-    std::atomic<int64_t> errors{0};
+    std::atomic<int64_t> errors{0}, late{0}, sent{0};
     std::atomic<bool> stop{false};
     std::vector<std::thread> clients;
-    for (int t = 0; t < c; ++t) {
+    // Rate mode: request i is due at schedule[i] after `begin`; senders take the next index.
+    const auto begin = Clock::now() + std::chrono::milliseconds(20);
+    std::vector<double> schedule;  // seconds; grown on demand under schedule_mu
+    std::mutex schedule_mu;
+    std::mt19937_64 arrivals(42);
+    std::atomic<size_t> next_request{0};
+    auto due = [&](size_t i) {
+      std::lock_guard l(schedule_mu);
+      while (schedule.size() <= i) {
+        const double gap = a.distribution == "poisson"
+                               ? std::exponential_distribution<double>(level)(arrivals)
+                               : 1.0 / level;
+        schedule.push_back((schedule.empty() ? 0.0 : schedule.back()) + gap);
+      }
+      return begin + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(schedule[i]));
+    };
+    const int senders = rate_mode ? a.max_threads : static_cast<int>(level);
+    for (int t = 0; t < senders; ++t) {
       clients.emplace_back([&, t] {
         Http h;
         curl_slist* headers = nullptr;
@@ -217,8 +255,23 @@ int RunLoadgen(const LoadgenArgs& a) {
         std::string out;
         size_t next = static_cast<size_t>(t);
         while (!stop && !StopRequested()) {
+          Clock::time_point t0;
+          if (rate_mode) {
+            const size_t i = next_request++;
+            t0 = due(i);
+            // Sleep in short steps so that the end of a level is not held up.
+            while (Clock::now() < t0 && !stop) {
+              std::this_thread::sleep_until(
+                  std::min(t0, Clock::now() + std::chrono::milliseconds(50)));
+            }
+            if (stop) break;
+            if (Clock::now() - t0 > std::chrono::milliseconds(1)) ++late;
+            next = i;
+          } else {
+            t0 = Clock::now();
+          }
           const std::string& b = bodies[next++ % bodies.size()];
-          const auto t0 = Clock::now();
+          ++sent;
           const long status = h.Request(a.url + path, &b, headers, &out);
           const double s = std::chrono::duration<double>(Clock::now() - t0).count();
           if (status != 200) {
@@ -286,14 +339,27 @@ int RunLoadgen(const LoadgenArgs& a) {
     const double infer_us = (after.infer_ns - before.infer_ns) / requests / 1e3;
     const double output_us = (after.output_ns - before.output_ns) / requests / 1e3;
     const double avg_us = last3(avgs) * 1e6;
-    std::printf("%-11d %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld%s\n", c,
+    std::string late_column;
+    if (rate_mode) {
+      late_column = "  " + std::to_string(sent.load() > 0 ? 100 * late.load() / sent.load() : 0) +
+                    "%";
+    }
+    std::printf("%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld%s%s\n", level,
                 last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
                 last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
-                static_cast<long long>(errors.load()), stable ? "" : "  (not stable)");
+                static_cast<long long>(errors.load()), late_column.c_str(),
+                stable ? "" : "  (not stable)");
+    if (rate_mode && sent.load() > 0 && late.load() * 10 > sent.load()) {
+      std::printf("  note: %lld of %lld requests left more than 1 ms after their due time: the "
+                  "%d sender threads cannot keep up (the server is saturated or --max-threads "
+                  "is too low); latencies count from the due time\n",
+                  static_cast<long long>(late.load()), static_cast<long long>(sent.load()),
+                  a.max_threads);
+    }
     std::fflush(stdout);
     if (csv) {
       const double server_us = queue_us + input_us + infer_us + output_us;
-      csv << c << "," << last3(rates) << ",0," << std::max(0.0, avg_us - server_us) << ","
+      csv << level << "," << last3(rates) << ",0," << std::max(0.0, avg_us - server_us) << ","
           << queue_us << "," << input_us << "," << infer_us << "," << output_us << ",0,"
           << last3(p50s) * 1e6 << "," << last3(p90s) * 1e6 << "," << last3(p95s) * 1e6 << ","
           << last3(p99s) * 1e6 << "," << avg_us << ",0,0\n";
@@ -319,9 +385,22 @@ void RegisterLoadgenCommand(CLI::App& app, Runner* run) {
   cmd->add_option("-b,--batch-size", a->batch_size, "Batch per request (json/binary)")
       ->capture_default_str()
       ->check(CLI::Range(1, 4096));
-  cmd->add_option("--concurrency", a->concurrency,
-                  "Concurrent clients: N, START:END:STEP or START:END:xFACTOR")
-      ->capture_default_str();
+  auto* concurrency = cmd->add_option("--concurrency", a->concurrency,
+                                      "Concurrent clients: N, START:END:STEP or START:END:xFACTOR")
+                          ->capture_default_str();
+  cmd->add_option("--request-rate", a->request_rate,
+                  "Open loop instead of --concurrency: requests/s, N or START:END:STEP (like "
+                  "perf_analyzer's --request-rate-range); latency counts from each request's due "
+                  "time")
+      ->excludes(concurrency);
+  cmd->add_option("--request-distribution", a->distribution,
+                  "Rate mode: constant intervals or poisson arrivals")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"constant", "poisson"}));
+  cmd->add_option("--max-threads", a->max_threads,
+                  "Rate mode: sender threads (requests in flight at most)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1024));
   cmd->add_option("--window-ms", a->window_ms, "Measurement window")
       ->capture_default_str()
       ->check(CLI::Range(100, 600000));

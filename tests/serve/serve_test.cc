@@ -789,6 +789,43 @@ TEST_F(ServeTest, LoadgenMeasuresEveryMode) {
   EXPECT_EQ(testing::RunKiln("loadgen -m cifar --concurrency 4:1").exit_code, 2);
 }
 
+// Open loop at a fixed request rate: one CSV row per rate with perf_analyzer's "Request Rate"
+// column, the achieved rate is the requested one (the server is far from saturated at these
+// rates), and the server counted every request loadgen reports.
+TEST_F(ServeTest, LoadgenHoldsAFixedRequestRate) {
+  testing::TempDir dir;
+  Write(dir.path() / "images" / "a.png", Encode(".png", 32, 32));
+  const fs::path csv = dir.path() / "rate.csv";
+  for (const char* distribution : {"constant", "poisson"}) {
+    SCOPED_TRACE(distribution);
+    auto r = testing::RunKiln("loadgen --url " + server_->url() +
+                              " -m cifar --mode image --images '" +
+                              (dir.path() / "images").string() +
+                              "' --request-rate 40:80:40 --window-ms 1000 --max-windows 4 "
+                              "--request-distribution " + distribution + " --csv '" +
+                              csv.string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("request/s"), std::string::npos) << r.output;
+    std::ifstream in(csv);
+    std::string header, row;
+    std::getline(in, header);
+    EXPECT_EQ(header.rfind("Request Rate,Inferences/Second,", 0), 0U) << header;
+    std::vector<std::pair<double, double>> rows;  // requested, achieved
+    while (std::getline(in, row)) {
+      rows.emplace_back(std::stod(row), std::stod(row.substr(row.find(',') + 1)));
+    }
+    ASSERT_EQ(rows.size(), 2U) << r.output;
+    for (const auto& [requested, achieved] : rows) {
+      // Poisson arrivals over 3 s windows at 40/s vary by ~1/sqrt(120) = 9% per window.
+      EXPECT_NEAR(achieved, requested, requested * 0.3) << r.output;
+    }
+  }
+  // Rate and concurrency exclude each other; a rate must be positive.
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 10 --concurrency 2").exit_code, 2);
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 0").exit_code, 2);
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate abc").exit_code, 2);
+}
+
 // 1,000 idle keep-alive connections hold no thread: another client is still served.
 TEST_F(ServeTest, ThousandIdleConnectionsDoNotBlockOtherClients) {
   std::vector<int> sockets;
