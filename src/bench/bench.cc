@@ -174,13 +174,13 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
   std::ostringstream cmd;
   cmd << "'" << o.python << "' '" << script.string() << "' --torchscript '"
       << (manifest_dir / fp32["torchscript_file"].get<std::string>()).string() << "' --inputs '"
-      << inputs.string() << "' --images " << images << " --shape " << shape[1] << ","
-      << shape[2] << "," << shape[3] << " --batch-sizes " << Join(o.batch_sizes)
-      << " --threads " << Join(threads) << " --warmup-runs " << o.warmup_runs
-      << " --warmup-seconds " << o.warmup_seconds << " --min-runs " << o.min_runs
-      << " --min-seconds " << o.min_seconds << " --max-seconds " << o.max_seconds
-      << " --stable-tolerance " << o.stable_tolerance << " --rounds " << o.rounds << " --output '"
-      << out.string() << "' --variant '" << fp32.value("name", "fp32") << "'";
+      << inputs.string() << "' --images " << images << " --shape " << shape[1] << "," << shape[2]
+      << "," << shape[3] << " --batch-sizes " << Join(o.batch_sizes) << " --threads "
+      << Join(threads) << " --warmup-runs " << o.warmup_runs << " --warmup-seconds "
+      << o.warmup_seconds << " --min-runs " << o.min_runs << " --min-seconds " << o.min_seconds
+      << " --max-seconds " << o.max_seconds << " --stable-tolerance " << o.stable_tolerance
+      << " --rounds " << o.rounds << " --output '" << out.string() << "' --variant '"
+      << fp32.value("name", "fp32") << "'";
   if (progress) *progress << "[bench] peers: " << cmd.str() << "\n" << std::flush;
   const int rc = std::system((cmd.str() + " 1>&2").c_str());
   if (!fs::exists(out)) {
@@ -211,8 +211,9 @@ void BenchOptions::ApplyQuick() {
 
 Status BenchOptions::Validate() const {
   if (manifest.empty() == models.empty()) {
-    return InvalidArgumentError("give a manifest.json from kiln optimize (--manifest) or model "
-                                "files (--model), not both");
+    return InvalidArgumentError(
+        "give a manifest.json from kiln optimize (--manifest) or model "
+        "files (--model), not both");
   }
   if (batch_sizes.empty() || threads.empty()) {
     return InvalidArgumentError("batch sizes and thread counts must not be empty");
@@ -391,8 +392,8 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       continue;
     }
     // The peers run the FP32 model: "fp32" in a manifest, else the first with a TorchScript file.
-    if (name == "fp32" || (fp32_entry.is_null() && !o.models.empty() &&
-                           v.contains("torchscript_file"))) {
+    if (name == "fp32" ||
+        (fp32_entry.is_null() && !o.models.empty() && v.contains("torchscript_file"))) {
       fp32_entry = v;
     }
     variants.push_back(v);
@@ -487,9 +488,8 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
             static_cast<double>(flops) * cell["images_per_second"].get<double>();
         cell["achieved_gflops"] = achieved / 1e9;
         // ONNX Runtime's default may use every core: compare with the largest thread count.
-        const RoofPoint* rp = roof.At(job.threads > 0
-                                          ? job.threads
-                                          : *std::max_element(o.threads.begin(), o.threads.end()));
+        const RoofPoint* rp = roof.At(
+            job.threads > 0 ? job.threads : *std::max_element(o.threads.begin(), o.threads.end()));
         const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
         if (peak > 0) cell["roof_fraction"] = achieved / 1e9 / peak;
       }
@@ -531,8 +531,9 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         {"libtorch", train::TorchVersion()},
         {"python_torch", peers.value("torch_version", "unavailable")}}},
       {"method",
-       {{"inputs", std::to_string(n_inputs) + " CIFAR-10 test images (the first ones), normalized "
-                   "with the model's statistics; the same buffer for every engine" +
+       {{"inputs", std::to_string(n_inputs) +
+                       " CIFAR-10 test images (the first ones), normalized "
+                       "with the model's statistics; the same buffer for every engine" +
                        (manifest.value("normalization_source", "") == "none"
                             ? std::string(" (the model files carry no Kiln normalization: "
                                           "pixels scaled to [0, 1] only)")
@@ -551,12 +552,15 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
          "stable_tolerance (after max_seconds the cell is marked not stable); statistics pool "
          "every run of every round, and round_medians_ms shows the drift between rounds"},
         {"images_per_second", "batch / median latency"},
-        {"peak_memory", "peak resident set of the benchmark process (VmHWM) during the cell, "
-                        "libraries and model included"},
-        {"roof_fraction", "flops_per_image x images/s over the measured FP32 (or INT8) roof at the "
-                          "same thread count"}}},
+        {"peak_memory",
+         "peak resident set of the benchmark process (VmHWM) during the cell, "
+         "libraries and model included"},
+        {"roof_fraction",
+         "flops_per_image x images/s over the measured FP32 (or INT8) roof at the "
+         "same thread count"}}},
       {"roof", roof_json},
-      {"model", {{"arch", manifest.value("arch", "")}, {"labels", manifest.value("labels", json::array())}}},
+      {"model",
+       {{"arch", manifest.value("arch", "")}, {"labels", manifest.value("labels", json::array())}}},
       {"variants", variants},
       {"results", results},
       {"peers", peers}};

@@ -257,7 +257,8 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     auto accuracy_of = [&](const std::string& variant) -> double {
       auto it = variants.find(variant);
       if (it != variants.end()) return it->second.value("test_accuracy", -1.0);
-      return variants.count("fp32") ? variants["fp32"].value("test_accuracy", -1.0) : -1.0;  // peers run fp32
+      return variants.count("fp32") ? variants["fp32"].value("test_accuracy", -1.0)
+                                    : -1.0;  // peers run fp32
     };
     auto delta_of = [&](const std::string& variant) -> double {
       auto it = variants.find(variant);
@@ -299,10 +300,13 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
 
     md << "## Summary (" << t << " threads)\n\n"
        << "Latency: median at batch 1. Images/s: the best batch size. Speedup: images/s over "
-       << (base ? base->label : std::string("(no baseline)")) << ". Compression: FP32 file size over this "
-       << "file's size. Accuracy: all 10,000 test images (from `kiln optimize`; \"not measured\" when "
+       << (base ? base->label : std::string("(no baseline)"))
+       << ". Compression: FP32 file size over this "
+       << "file's size. Accuracy: all 10,000 test images (from `kiln optimize`; \"not measured\" "
+          "when "
        << "model files were given instead of a manifest).\n\n"
-       << "| variant / engine | size (MB) | compression | test accuracy | Δ points | latency b=1 (ms) | images/s | at batch | speedup |\n"
+       << "| variant / engine | size (MB) | compression | test accuracy | Δ points | latency b=1 "
+          "(ms) | images/s | at batch | speedup |\n"
        << "|---|---|---|---|---|---|---|---|---|\n";
     std::vector<Point> points;
     for (const Series& s : series) {
@@ -312,12 +316,16 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
       const int64_t size = it != variants.end() ? it->second.value("size_bytes", int64_t{0}) : fp32_size;
       const double ips = (*best)["images_per_second"].get<double>();
       md << "| " << s.label << " | " << Fmt("%.2f", size / 1e6) << " | "
-         << (size > 0 && fp32_size > 0 ? Fmt("%.2fx", static_cast<double>(fp32_size) / size) : "-") << " | "
-         << (accuracy_of(s.variant) >= 0 ? Fmt("%.2f%%", 100 * accuracy_of(s.variant)) : "not measured") << " | "
+         << (size > 0 && fp32_size > 0 ? Fmt("%.2fx", static_cast<double>(fp32_size) / size) : "-")
+         << " | "
+         << (accuracy_of(s.variant) >= 0 ? Fmt("%.2f%%", 100 * accuracy_of(s.variant))
+                                         : "not measured")
+         << " | "
          << (variants.count(s.variant) && variants[s.variant].contains("accuracy_delta_points")
-                 ? Fmt("%+.2f", delta_of(s.variant)) : "-") << " | "
-         << (s.by_batch.count(1) ? Fmt("%.3f", s.by_batch.at(1)["median_ms"]) : "-") << " | "
-         << Fmt("%.0f", ips) << " | " << (*best)["batch"] << " | "
+                 ? Fmt("%+.2f", delta_of(s.variant))
+                 : "-")
+         << " | " << (s.by_batch.count(1) ? Fmt("%.3f", s.by_batch.at(1)["median_ms"]) : "-")
+         << " | " << Fmt("%.0f", ips) << " | " << (*best)["batch"] << " | "
          << (base_ips > 0 ? Fmt("%.2fx", ips / base_ips) : "-") << " |\n";
       if (accuracy_of(s.variant) >= 0) points.push_back({s.label, ips, accuracy_of(s.variant)});
     }

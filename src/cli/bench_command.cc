@@ -34,7 +34,7 @@ int RunBenchCommand(BenchArgs a) {
   // Default report folder: <run>/bench beside <run>/optimized/manifest.json, or <folder of the
   // first model>/bench.
   const fs::path anchor = a.manifest.empty() ? fs::path(a.models[0]) : fs::path(a.manifest);
-  o.out_dir = !a.out_dir.empty()         ? fs::path(a.out_dir)
+  o.out_dir = !a.out_dir.empty()   ? fs::path(a.out_dir)
               : a.manifest.empty() ? anchor.parent_path() / "bench"
                                    : anchor.parent_path().parent_path() / "bench";
   o.peers = !a.no_peers;

@@ -120,8 +120,8 @@ int RunImages(const ImagesArgs& a) {
     }
     char name[64];
     std::snprintf(name, sizeof name, "%05lld_", static_cast<long long>(i));
-    const std::filesystem::path file = std::filesystem::path(a.out) /
-                                       (name + ds->class_names[set.labels[i]] + "." + a.format);
+    const std::filesystem::path file =
+        std::filesystem::path(a.out) / (name + ds->class_names[set.labels[i]] + "." + a.format);
     std::ofstream f(file, std::ios::binary);
     f.write(bytes->data(), static_cast<std::streamsize>(bytes->size()));
     if (!f) {
@@ -168,8 +168,9 @@ void RegisterDataCommand(CLI::App& app, Runner* run) {
 
   auto images_args = std::make_shared<ImagesArgs>();
   auto* images = data->add_subcommand(
-      "images", "Write images of the data set as image files (<index>_<class>.png), e.g. to try "
-                "kiln predict or the server");
+      "images",
+      "Write images of the data set as image files (<index>_<class>.png), e.g. to try "
+      "kiln predict or the server");
   images
       ->add_option("--data,--archive", images_args->data,
                    "cifar-10-binary.tar.gz or the folder it extracts to")

@@ -213,7 +213,8 @@ int RunLoadgen(const LoadgenArgs& a) {
   std::ofstream csv;
   if (!a.csv.empty()) {
     csv.open(a.csv);
-    csv << (rate_mode ? "Request Rate" : "Concurrency") << ",Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
+    csv << (rate_mode ? "Request Rate" : "Concurrency")
+        << ",Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
            "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
            "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
            "response wait\n";
@@ -341,8 +342,8 @@ int RunLoadgen(const LoadgenArgs& a) {
     const double avg_us = last3(avgs) * 1e6;
     std::string late_column;
     if (rate_mode) {
-      late_column = "  " + std::to_string(sent.load() > 0 ? 100 * late.load() / sent.load() : 0) +
-                    "%";
+      late_column =
+          "  " + std::to_string(sent.load() > 0 ? 100 * late.load() / sent.load() : 0) + "%";
     }
     std::printf("%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld%s%s\n", level,
                 last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
@@ -350,11 +351,11 @@ int RunLoadgen(const LoadgenArgs& a) {
                 static_cast<long long>(errors.load()), late_column.c_str(),
                 stable ? "" : "  (not stable)");
     if (rate_mode && sent.load() > 0 && late.load() * 10 > sent.load()) {
-      std::printf("  note: %lld of %lld requests left more than 1 ms after their due time: the "
-                  "%d sender threads cannot keep up (the server is saturated or --max-threads "
-                  "is too low); latencies count from the due time\n",
-                  static_cast<long long>(late.load()), static_cast<long long>(sent.load()),
-                  a.max_threads);
+      std::printf(
+          "  note: %lld of %lld requests left more than 1 ms after their due time: the "
+          "%d sender threads cannot keep up (the server is saturated or --max-threads "
+          "is too low); latencies count from the due time\n",
+          static_cast<long long>(late.load()), static_cast<long long>(sent.load()), a.max_threads);
     }
     std::fflush(stdout);
     if (csv) {

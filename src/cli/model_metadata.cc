@@ -1,5 +1,6 @@
-#include "commands.h"
 #include "kiln/backend/model_metadata.h"
+
+#include "commands.h"
 
 namespace kiln::cli {
 

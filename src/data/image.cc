@@ -436,15 +436,25 @@ Status PreprocessImage(const RgbImage& image, int64_t height, int64_t width,
   return Status::Ok();
 }
 
-Result<std::string> EncodeImage(const uint8_t* chw, int64_t channels, int64_t height,
-                                int64_t width, ImageFormat format) {
+Result<std::string> EncodeImage(const uint8_t* chw, int64_t channels, int64_t height, int64_t width,
+                                ImageFormat format) {
   const char* ext = nullptr;
   switch (format) {
-    case ImageFormat::kPng: ext = ".png"; break;
-    case ImageFormat::kJpeg: ext = ".jpg"; break;
-    case ImageFormat::kBmp: ext = ".bmp"; break;
-    case ImageFormat::kWebp: ext = ".webp"; break;
-    case ImageFormat::kTiff: ext = ".tiff"; break;
+    case ImageFormat::kPng:
+      ext = ".png";
+      break;
+    case ImageFormat::kJpeg:
+      ext = ".jpg";
+      break;
+    case ImageFormat::kBmp:
+      ext = ".bmp";
+      break;
+    case ImageFormat::kWebp:
+      ext = ".webp";
+      break;
+    case ImageFormat::kTiff:
+      ext = ".tiff";
+      break;
     default:
       return InvalidArgumentError("cannot encode " + std::string(ImageFormatName(format)));
   }

@@ -121,7 +121,8 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
     file_engines.insert(cell["engine"]);
     EXPECT_FALSE(cell.contains("roof_fraction")) << "no FLOPs are known for plain files";
   }
-  EXPECT_EQ(file_engines, (std::set<std::string>{"onnxruntime", "libtorch", "onnxruntime-default"}));
+  EXPECT_EQ(file_engines,
+            (std::set<std::string>{"onnxruntime", "libtorch", "onnxruntime-default"}));
   std::ifstream files_md_in(files_out / "REPORT.md");
   const std::string files_md((std::istreambuf_iterator<char>(files_md_in)),
                              std::istreambuf_iterator<char>());

@@ -72,8 +72,8 @@ TEST(CliTest, DataVerifyPrintsASummary) {
 // set's exact pixels (PNG is lossless).
 TEST(CliTest, DataImagesWritesTestImagesAsFiles) {
   testing::TempDir dir;
-  auto r = RunKiln("data images --count 5 --first 3 --out '" + dir.path().string() +
-                   "' --data '" + testing::DataArchive().string() + "'");
+  auto r = RunKiln("data images --count 5 --first 3 --out '" + dir.path().string() + "' --data '" +
+                   testing::DataArchive().string() + "'");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const data::ImageSet& test = testing::SharedDataset().test;
   const auto& names = testing::SharedDataset().class_names;

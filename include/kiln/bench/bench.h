@@ -28,7 +28,7 @@
 namespace kiln::bench {
 
 struct BenchOptions {
-  std::filesystem::path manifest;            // from kiln optimize; or else:
+  std::filesystem::path manifest;  // from kiln optimize; or else:
   // Model files to measure instead of a manifest (.onnx, .pt). A .onnx and a .pt with the same
   // name in the same folder are one variant (named after the file, or after its folder when the
   // file is called "model"). Normalization comes from the files' Kiln metadata; accuracy and

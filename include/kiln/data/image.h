@@ -69,7 +69,7 @@ Status PreprocessImage(const RgbImage& image, int64_t height, int64_t width,
 
 // Encodes a planar (CHW) 8-bit RGB image, as CIFAR-10 stores it, into `format` (kPng, kJpeg,
 // kBmp, kWebp or kTiff) with OpenCV. InvalidArgument for another format or channel count.
-Result<std::string> EncodeImage(const uint8_t* chw, int64_t channels, int64_t height,
-                                int64_t width, ImageFormat format);
+Result<std::string> EncodeImage(const uint8_t* chw, int64_t channels, int64_t height, int64_t width,
+                                ImageFormat format);
 
 }  // namespace kiln::data
