@@ -24,7 +24,7 @@ run() {  # name url
     printf '%-14s c=%-3s images/s %9s  p50 %8s  p99 %8s  non-2xx %s\n' "$1" "$c" "$rps" "$p50" "$p99" "${errors:-0}"
   done
 }
-"$ROOT/build/release/kiln" serve --models "$REPO" --port 18300 --metrics-port 0 2>/dev/null &
+"$ROOT/build/release/kiln" serve --models "$REPO" --port 18300 --metrics-port 0 --grpc-port 0 2>/dev/null &
 KILN=$!; sleep 3
 run kiln-onnx "http://127.0.0.1:18300/predict?model=kiln-onnx"
 run kiln-pt "http://127.0.0.1:18300/predict?model=kiln-pt"

@@ -55,8 +55,9 @@ PACKAGES=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
   # tests and benchmarks; python3-torch is the PyTorch baseline `kiln bench` compares against
   libgtest-dev libgmock-dev libbenchmark-dev python3-torch
-  # serving: Boost.Beast/Asio (headers), promtool for the metrics test
-  libboost-dev prometheus
+  # serving: Boost.Beast/Asio (headers), gRPC (grpc++ and protoc's grpc_cpp_plugin), promtool
+  # for the metrics test
+  libboost-dev libgrpc++-dev protobuf-compiler-grpc prometheus
   # serving benchmarks and the browser test: wrk, the FastAPI baseline, headless Chromium
   wrk chromium python3-fastapi python3-uvicorn python3-multipart python3-pil
 )

@@ -1,8 +1,11 @@
 // kiln serve
+#include <chrono>
 #include <iostream>
+#include <memory>
 
 #include "commands.h"
 #include "kiln/serve/engine.h"
+#include "kiln/serve/grpc_server.h"
 #include "kiln/serve/http_server.h"
 
 namespace kiln::cli {
@@ -12,6 +15,8 @@ namespace {
 struct ServeArgs {
   serve::EngineOptions engine;
   serve::HttpOptions http;
+  serve::GrpcOptions grpc;
+  bool grpc_port_given = false;  // --grpc-port on the command line (else the default, 8001)
   std::string control_mode = "none";
 };
 
@@ -26,13 +31,43 @@ int RunServe(ServeArgs a) {
     std::cerr << "kiln serve: " << s.message() << "\n";
     return kExitUsage;
   }
+  a.grpc.host = a.http.host;
+  if (Status s = a.grpc.Validate(); !s.ok()) {
+    std::cerr << "kiln serve: " << s.message() << "\n";
+    return kExitUsage;
+  }
+  if (a.grpc.port != 0 && (a.grpc.port == a.http.port || a.grpc.port == a.http.metrics_port)) {
+    std::cerr << "kiln serve: --grpc-port must differ from --port and --metrics-port\n";
+    return kExitUsage;
+  }
   serve::metrics::Registry registry;
   auto engine = serve::Engine::Create(a.engine, &registry);
   if (!engine.ok()) {
     std::cerr << "kiln serve: " << engine.status().ToString() << "\n";
     return kExitFailure;
   }
+  std::unique_ptr<serve::GrpcServer> grpc;
+  if (a.grpc.port != 0) {
+    auto started = serve::GrpcServer::Start(a.grpc, engine->get());
+    if (started.ok()) {
+      grpc = std::move(started).value();
+      std::cerr << "kiln serve: gRPC listening on " << a.grpc.host << ":" << grpc->port()
+                << std::endl;
+    } else if (a.grpc_port_given) {
+      std::cerr << "kiln serve: " << started.status().ToString() << "\n";
+      (*engine)->Shutdown();
+      return kExitFailure;
+    } else {
+      // The default port only: several servers (tests, benchmarks, a second model set) may run
+      // side by side with their own --port and no gRPC port of their own. HTTP still serves.
+      std::cerr << "kiln serve: warning: no gRPC server: " << started.status().message()
+                << "; HTTP serves as usual (--grpc-port 0 turns gRPC off without this warning)\n";
+    }
+  }
   Status s = serve::RunHttpServer(a.http, engine->get(), &registry);
+  // RunHttpServer returns after SIGTERM/SIGINT and its own drain: gRPC calls in flight get the
+  // same drain time, then the engine finishes what is queued.
+  if (grpc) grpc->Shutdown(std::chrono::seconds(a.http.drain_timeout_s));
   (*engine)->Shutdown();
   if (!s.ok()) {
     std::cerr << "kiln serve: " << s.ToString() << "\n";
@@ -47,7 +82,8 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
   auto a = std::make_shared<ServeArgs>();
   auto* cmd = app.add_subcommand(
       "serve",
-      "Serve a Triton-layout model repository over HTTP (KServe v2, /predict, /metrics, web page)");
+      "Serve a Triton-layout model repository over HTTP (KServe v2, /predict, /metrics, web page) "
+      "and gRPC (KServe v2 / Triton)");
   cmd->add_option("--model-repository,--models", a->engine.repository,
                   "Folder with <model>/config.pbtxt and <model>/<version>/model.onnx|model.pt")
       ->required();
@@ -60,10 +96,19 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
                   "explicit mode: model to load at start ('*' = all); repeatable");
   cmd->add_option("--repository-poll-secs", a->engine.poll_seconds, "poll mode: rescan interval")
       ->capture_default_str();
-  cmd->add_option("--host", a->http.host, "Address to listen on (0.0.0.0 = every interface)")
+  cmd->add_option("--host", a->http.host,
+                  "Address to listen on, HTTP and gRPC (0.0.0.0 = every interface)")
       ->capture_default_str();
   cmd->add_option("--port,--http-port", a->http.port, "HTTP port")->capture_default_str();
   cmd->add_option("--metrics-port", a->http.metrics_port, "Port serving /metrics only (0 = off)")
+      ->capture_default_str();
+  auto* grpc_port =
+      cmd->add_option("--grpc-port", a->grpc.port,
+                      "gRPC port (KServe v2 / Triton GRPCInferenceService + grpc.health.v1; 0 = "
+                      "off). A busy default port only warns; a busy port given here is an error")
+          ->capture_default_str();
+  cmd->add_option("--grpc-max-message-bytes", a->grpc.max_message_bytes,
+                  "Largest gRPC request or response message")
       ->capture_default_str();
   cmd->add_option("--threads", a->engine.threads,
                   "Engine threads per model, split between its instances (config parameter "
@@ -109,9 +154,12 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
                   "On SIGTERM/SIGINT: seconds to finish requests in flight")
       ->capture_default_str();
   cmd->footer(
-      "Stops on SIGTERM or Ctrl-C: no new connections, requests in flight are answered, exit "
-      "code 0.");
-  cmd->callback([run, a] { *run = [a] { return RunServe(*a); }; });
+      "Stops on SIGTERM or Ctrl-C: no new connections, requests in flight are answered (HTTP "
+      "first, then gRPC, each within --drain-timeout), exit code 0.");
+  cmd->callback([run, a, grpc_port] {
+    a->grpc_port_given = grpc_port->count() > 0;
+    *run = [a] { return RunServe(*a); };
+  });
 }
 
 }  // namespace kiln::cli
