@@ -3,24 +3,35 @@
 #include <arpa/inet.h>
 #include <curl/curl.h>
 #include <netinet/in.h>
+#include <onnx/onnx_pb.h>
 #include <signal.h>
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
 #include <sstream>
 #include <thread>
 
 #include "../test_util.h"
+#include "kiln/backend/inference_backend.h"
+#include "kiln/export/onnx_export.h"
+#include "kiln/export/torchscript_export.h"
+#include "kiln/train/checkpoint.h"
 
 extern char** environ;
 
 namespace kiln::testing {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
 
 namespace {
 
@@ -113,16 +124,21 @@ int FreePort() {
 }
 
 ServerProcess::ServerProcess(const std::filesystem::path& repository,
-                             const std::vector<std::string>& extra) {
+                             const std::vector<std::string>& extra, bool grpc_port) {
   port_ = FreePort();
   metrics_port_ = FreePort();
   while (metrics_port_ == port_) metrics_port_ = FreePort();
+  if (grpc_port) {
+    grpc_port_ = FreePort();
+    while (grpc_port_ == port_ || grpc_port_ == metrics_port_) grpc_port_ = FreePort();
+  }
   log_ = std::filesystem::temp_directory_path() /
          ("kiln-serve-" + std::to_string(getpid()) + "-" + std::to_string(port_) + ".log");
   std::vector<std::string> args = {KilnBinary(),      "serve",
                                    "--models",        repository.string(),
                                    "--port",          std::to_string(port_),
                                    "--metrics-port",  std::to_string(metrics_port_)};
+  if (grpc_port) args.insert(args.end(), {"--grpc-port", std::to_string(grpc_port_)});
   args.insert(args.end(), extra.begin(), extra.end());
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
@@ -182,6 +198,149 @@ int ServerProcess::Terminate(int timeout_s) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A small model repository.
+
+const std::vector<std::string> kClasses = {"airplane", "automobile", "bird", "cat", "deer",
+                                           "dog",      "frog",       "horse", "ship", "truck"};
+
+namespace {
+
+// An untrained seed-cnn (seeded): the server must give exactly what the engine gives, so the
+// weights need not be trained.
+train::Checkpoint TinyModel() {
+  torch::manual_seed(11);
+  auto model = train::CreateModel("seed-cnn", {});
+  EXPECT_TRUE(model.ok()) << model.status().ToString();
+  train::Checkpoint ckpt;
+  ckpt.meta.arch = "seed-cnn";
+  ckpt.meta.class_names = kClasses;
+  ckpt.meta.normalization.mean = {0.49f, 0.48f, 0.45f};
+  ckpt.meta.normalization.std = {0.25f, 0.24f, 0.26f};
+  ckpt.model = *model;
+  ckpt.model->eval();
+  return ckpt;
+}
+
+constexpr const char* kCifarConfig = R"(
+name: "cifar"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] } ]
+output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" } ]
+dynamic_batching { preferred_batch_size: [ 4, 8 ] max_queue_delay_microseconds: 3000 }
+instance_group [ { count: 2 kind: KIND_CPU } ]
+parameters { key: "intra_op_thread_count" value: { string_value: "1" } }
+)";
+
+// A queue that holds two requests for 5 s: the third must be refused at once.
+constexpr const char* kQueueConfig = R"(
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+dynamic_batching {
+  max_queue_delay_microseconds: 5000000
+  default_queue_policy { max_queue_size: 2 }
+}
+)";
+
+// Requests time out after 200 ms in a queue that would wait 5 s for a batch.
+constexpr const char* kTimeoutConfig = R"(
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+dynamic_batching {
+  max_queue_delay_microseconds: 5000000
+  default_queue_policy { default_timeout_microseconds: 200000 }
+}
+)";
+
+// The classic mistake: max_batch_size > 0 for a model exported with a fixed batch of 1.
+constexpr const char* kFixedConfig = R"(
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] } ]
+output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] } ]
+)";
+
+// The ONNX model with its batch dimension fixed to 1.
+std::string FixedBatchOnnx(const std::string& bytes) {
+  onnx::ModelProto m;
+  EXPECT_TRUE(m.ParseFromString(bytes));
+  for (auto* list : {m.mutable_graph()->mutable_input(), m.mutable_graph()->mutable_output()}) {
+    for (auto& vi : *list) {
+      auto* dim = vi.mutable_type()->mutable_tensor_type()->mutable_shape()->mutable_dim(0);
+      dim->clear_dim_param();
+      dim->set_dim_value(1);
+    }
+  }
+  return m.SerializeAsString();
+}
+
+}  // namespace
+
+void Write(const fs::path& file, const std::string& text) {
+  fs::create_directories(file.parent_path());
+  std::ofstream(file, std::ios::binary) << text;
+}
+
+// cifar (ONNX, full config, labels), torch (TorchScript, no config), queue, and two broken
+// models: fixed (fixed batch + max_batch_size 8) and pickle (a torch.save file, not TorchScript).
+std::unique_ptr<Repository> MakeRepository() {
+  auto repo = std::make_unique<Repository>();
+  const auto ckpt = TinyModel();
+  auto bytes = exporter::BuildOnnxModel(ckpt, {});
+  EXPECT_TRUE(bytes.ok()) << bytes.status().ToString();
+  repo->onnx = *bytes;
+  const fs::path r = repo->path();
+  Write(r / "cifar" / "config.pbtxt", kCifarConfig);
+  std::string labels;
+  for (const auto& c : kClasses) labels += c + "\n";
+  Write(r / "cifar" / "labels.txt", labels);
+  Write(r / "cifar" / "1" / "model.onnx", repo->onnx);
+  Write(r / "queue" / "config.pbtxt", kQueueConfig);
+  Write(r / "queue" / "1" / "model.onnx", repo->onnx);
+  Write(r / "timeout" / "config.pbtxt", kTimeoutConfig);
+  Write(r / "timeout" / "1" / "model.onnx", repo->onnx);
+  Write(r / "fixed" / "config.pbtxt", kFixedConfig);
+  Write(r / "fixed" / "1" / "model.onnx", FixedBatchOnnx(repo->onnx));
+  Write(r / "pickle" / "1" / "model.pt", std::string("\x80\x02}q\x00(X\x01", 8));
+  fs::create_directories(r / "torch" / "1");
+  Status s = exporter::ExportTorchScript(ckpt, r / "torch" / "1" / "model.pt", "");
+  EXPECT_TRUE(s.ok()) << s.ToString();
+  return repo;
+}
+
+// Logits of `batch` samples computed directly by ONNX Runtime, one sample at a time.
+std::vector<float> Reference(const std::string& model_file, const std::vector<float>& input,
+                             int64_t batch) {
+  backend::BackendOptions o;
+  o.model_path = model_file;
+  o.intra_op_threads = 1;
+  auto engine = backend::CreateBackend("onnxruntime", o);
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  std::vector<float> out(static_cast<size_t>(batch * 10));
+  for (int64_t i = 0; i < batch; ++i) {
+    Status s = (*engine)->Run(input.data() + i * 3072, 1, out.data() + i * 10);
+    EXPECT_TRUE(s.ok()) << s.ToString();
+  }
+  return out;
+}
+
+std::vector<float> RandomInput(int64_t batch, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.f, 1.f);
+  std::vector<float> v(static_cast<size_t>(batch * 3072));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::string InferJson(const std::vector<float>& input, int64_t batch, const std::string& extra) {
+  json j = {{"inputs",
+             {{{"name", "input"}, {"shape", {batch, 3, 32, 32}}, {"datatype", "FP32"},
+               {"data", input}}}}};
+  if (!extra.empty()) j.update(json::parse(extra));
+  return j.dump();
 }
 
 }  // namespace kiln::testing

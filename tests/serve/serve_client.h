@@ -1,13 +1,17 @@
-// Test helpers for the serving tests: a real `kiln serve` process on loopback and a small
-// libcurl HTTP client.
+// Test helpers for the serving tests (HTTP and gRPC): a small model repository, a real
+// `kiln serve` process on loopback and a small libcurl HTTP client.
 #pragma once
 
 #include <sys/types.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "../test_util.h"
 
 namespace kiln::testing {
 
@@ -36,11 +40,16 @@ HttpResult Http(const std::string& url, const HttpRequest& request = {});
 // A free TCP port on 127.0.0.1 (bound, then released).
 int FreePort();
 
-// `kiln serve --models <repo> --port P --metrics-port Q <extra>`, waited for until
-// /v2/health/live answers. The destructor stops it (SIGKILL if still running).
+// `kiln serve --models <repo> --port P --metrics-port Q --grpc-port G <extra>` (free ports),
+// waited for until /v2/health/live answers; started() is false when it exited first. The
+// destructor stops it (SIGKILL if still running).
 class ServerProcess {
  public:
-  ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra);
+  ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra)
+      : ServerProcess(repository, extra, /*grpc_port=*/true) {}
+  // grpc_port false: no --grpc-port of its own (the test passes one in `extra`, or none).
+  ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra,
+                bool grpc_port);
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -48,6 +57,7 @@ class ServerProcess {
   bool started() const { return started_; }
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   std::string metrics_url() const { return "http://127.0.0.1:" + std::to_string(metrics_port_); }
+  std::string grpc_address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
   std::string Log() const;  // stderr + stdout so far
   // SIGTERM, then waits; returns the exit code (-1 when killed by a signal or timed out).
   int Terminate(int timeout_s = 60);
@@ -55,9 +65,38 @@ class ServerProcess {
 
  private:
   pid_t pid_ = -1;
-  int port_ = 0, metrics_port_ = 0;
+  int port_ = 0, metrics_port_ = 0, grpc_port_ = 0;
   std::filesystem::path log_;
   bool started_ = false;
 };
+
+// The CIFAR-10 class names (the test models' labels.txt).
+extern const std::vector<std::string> kClasses;
+
+// Writes `text` to `file`, creating its folders.
+void Write(const std::filesystem::path& file, const std::string& text);
+
+struct Repository {
+  TempDir dir;
+  std::string onnx;  // the model file's bytes
+  std::filesystem::path path() const { return dir.path(); }
+};
+
+// One untrained seed-cnn (seeded, so the server must answer exactly what ONNX Runtime computes)
+// as: cifar (ONNX, full config, labels, max_batch_size 8), torch (TorchScript, no config), queue
+// (a queue of 2 that waits 5 s), timeout (200 ms queue timeout), and two broken models: fixed
+// (fixed batch + max_batch_size 8) and pickle (a torch.save file, not TorchScript).
+std::unique_ptr<Repository> MakeRepository();
+
+// Logits of `batch` samples computed directly by ONNX Runtime, one sample at a time.
+std::vector<float> Reference(const std::string& model_file, const std::vector<float>& input,
+                             int64_t batch);
+
+// `batch` * 3x32x32 normally distributed floats.
+std::vector<float> RandomInput(int64_t batch, uint32_t seed);
+
+// A KServe v2 JSON inference request for the cifar models; `extra` (a JSON object) is merged in.
+std::string InferJson(const std::vector<float>& input, int64_t batch,
+                      const std::string& extra = "");
 
 }  // namespace kiln::testing
