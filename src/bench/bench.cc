@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <iterator>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -197,6 +198,33 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
 }
 
 }  // namespace
+
+std::optional<std::pair<double, double>> ConfidenceInterval95(const std::vector<double>& rounds) {
+  const size_t n = rounds.size();
+  if (n < 2) return std::nullopt;
+  // t(0.975, df) for df = 1..30; beyond that the normal 1.96 is within 4%.
+  static constexpr double kT[] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
+                                  2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
+                                  2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+                                  2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
+  const double t = n - 1 <= std::size(kT) ? kT[n - 2] : 1.96;
+  double mean = 0;
+  for (double x : rounds) mean += x;
+  mean /= static_cast<double>(n);
+  double ss = 0;
+  for (double x : rounds) ss += (x - mean) * (x - mean);
+  const double sd = std::sqrt(ss / static_cast<double>(n - 1));
+  const double half = t * sd / std::sqrt(static_cast<double>(n));
+  return std::make_pair(mean - half, mean + half);
+}
+
+void AddConfidenceIntervals(json* results) {
+  for (json& cell : *results) {
+    if (!cell.contains("round_medians_ms")) continue;
+    auto ci = ConfidenceInterval95(cell["round_medians_ms"].get<std::vector<double>>());
+    if (ci) cell["ci95_ms"] = {ci->first, ci->second};
+  }
+}
 
 void BenchOptions::ApplyQuick() {
   rounds = 1;
@@ -497,6 +525,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     }
   }
 
+  AddConfidenceIntervals(&results);
   json peers = {{"available", false}, {"reason", "disabled (--no-peers)"}};
   if (o.peers && !fp32_entry.is_null()) {
     peers = RunPeers(o, fp32_entry, dir, inputs_file, n_inputs, shape, progress);
@@ -514,6 +543,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     peers["reason"] = "no fp32 variant selected";
   }
   if (!peers.value("available", false)) say("peers unavailable: " + peers.value("reason", "?"));
+  if (peers.contains("results")) AddConfidenceIntervals(&peers["results"]);
 
   std::time_t now = std::time(nullptr);
   char date[32];
@@ -551,6 +581,11 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
          "the medians of the first and second half of the runs differ by at most "
          "stable_tolerance (after max_seconds the cell is marked not stable); statistics pool "
          "every run of every round, and round_medians_ms shows the drift between rounds"},
+        {"spread",
+         "ci95_ms: a 95% confidence interval of the median latency from the rounds' medians "
+         "(mean +- t(0.975, rounds-1) x sd / sqrt(rounds)); it widens with drift between rounds. "
+         "Two runs of this benchmark agree on a cell when their intervals overlap "
+         "(bench/compare_reports.py checks two report.json files)"},
         {"images_per_second", "batch / median latency"},
         {"peak_memory",
          "peak resident set of the benchmark process (VmHWM) during the cell, "

@@ -234,6 +234,12 @@ std::string RoundRange(const json& r) {
          Fmt("%.3f", *std::max_element(v.begin(), v.end()));
 }
 
+// "1.18-1.33" (the 95% confidence interval of the median), or "-" for a single round.
+std::string Interval(const json& r) {
+  if (!r.contains("ci95_ms")) return "-";
+  return Fmt("%.3f", r["ci95_ms"][0]) + "-" + Fmt("%.3f", r["ci95_ms"][1]);
+}
+
 }  // namespace
 
 Status WriteReport(const json& report, const fs::path& out_dir) {
@@ -372,13 +378,13 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
          << (*best)["batch"] << "; batch " << knee << " already reaches 90% of that.\n";
     }
 
-    md << "\n## Full matrix\n\n| variant | engine | threads | batch | median ms | p90 | p99 | min | max | rounds' medians | images/s | runs | stable | peak RSS MB | roof |\n"
-       << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    md << "\n## Full matrix\n\n| variant | engine | threads | batch | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | images/s | runs | stable | peak RSS MB | roof |\n"
+       << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     auto rows = [&](const json& list) {
       for (const json& r : list) {
         md << "| " << r["variant"].get<std::string>() << " | " << r["engine"].get<std::string>() << " | "
            << (r["threads"].is_string() ? r["threads"].get<std::string>() : std::to_string(r["threads"].get<int>()))
-           << " | " << r["batch"] << " | " << Fmt("%.3f", r["median_ms"]) << " | " << Fmt("%.3f", r["p90_ms"])
+           << " | " << r["batch"] << " | " << Fmt("%.3f", r["median_ms"]) << " | " << Interval(r) << " | " << Fmt("%.3f", r["p90_ms"])
            << " | " << Fmt("%.3f", r["p99_ms"]) << " | " << Fmt("%.3f", r["min_ms"]) << " | "
            << Fmt("%.3f", r["max_ms"]) << " | " << RoundRange(r) << " | "
            << Fmt("%.0f", r["images_per_second"]) << " | " << r["runs"]
