@@ -656,12 +656,12 @@ TEST_F(ServeTest, LoadgenHoldsAFixedRequestRate) {
   const fs::path csv = dir.path() / "rate.csv";
   for (const char* distribution : {"constant", "poisson"}) {
     SCOPED_TRACE(distribution);
-    auto r = testing::RunKiln("loadgen --url " + server_->url() +
-                              " -m cifar --mode image --images '" +
-                              (dir.path() / "images").string() +
-                              "' --request-rate 40:80:40 --window-ms 1000 --max-windows 4 "
-                              "--request-distribution " + distribution + " --csv '" +
-                              csv.string() + "'");
+    auto r =
+        testing::RunKiln("loadgen --url " + server_->url() + " -m cifar --mode image --images '" +
+                         (dir.path() / "images").string() +
+                         "' --request-rate 40:80:40 --window-ms 1000 --max-windows 4 "
+                         "--request-distribution " +
+                         distribution + " --csv '" + csv.string() + "'");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     EXPECT_NE(r.output.find("request/s"), std::string::npos) << r.output;
     std::ifstream in(csv);
