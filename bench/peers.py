@@ -128,6 +128,7 @@ def main():
                         "runs": len(ms), "stable": stable, "median_ms": median,
                         "p90_ms": percentile(ms, 90), "p99_ms": percentile(ms, 99),
                         "min_ms": min(ms), "max_ms": max(ms), "round_medians_ms": medians,
+                        "runs_ms": ms,
                         "images_per_second": 1000.0 * batch / median})
     write({"available": True, "torch_version": torch.__version__, "python": sys.version.split()[0],
            "eager_vs_torchscript_max_abs_diff": check, "top1": top1, "results": results})

@@ -5,14 +5,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <iterator>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <iterator>
 #include <map>
 #include <sstream>
 #include <thread>
+#include <tuple>
 
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
@@ -153,9 +154,11 @@ std::string Join(const std::vector<int64_t>& v) {
   return s;
 }
 
-// Runs bench/peers.py; returns its JSON or {"available": false, "reason": ...}.
+// Runs one round of bench/peers.py in a fresh Python process; returns its JSON (every timed
+// run in "runs_ms") or {"available": false, "reason": ...}.
 json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_dir,
-              const fs::path& inputs, int64_t images, const json& shape, std::ostream* progress) {
+              const fs::path& inputs, int64_t images, const json& shape, int round,
+              std::ostream* progress) {
   json unavailable = {{"available", false}};
   if (!fp32.contains("torchscript_file")) {
     unavailable["reason"] = "the FP32 variant has no TorchScript file to load in Python";
@@ -168,7 +171,7 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
     unavailable["reason"] = "peer script " + script.string() + " not found";
     return unavailable;
   }
-  const fs::path out = o.out_dir / "peers.json";
+  const fs::path out = o.out_dir / ("peers-round-" + std::to_string(round + 1) + ".json");
   std::error_code ec;
   fs::remove(out, ec);
   std::vector<int64_t> threads(o.threads.begin(), o.threads.end());
@@ -180,8 +183,8 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
       << Join(threads) << " --warmup-runs " << o.warmup_runs << " --warmup-seconds "
       << o.warmup_seconds << " --min-runs " << o.min_runs << " --min-seconds " << o.min_seconds
       << " --max-seconds " << o.max_seconds << " --stable-tolerance " << o.stable_tolerance
-      << " --rounds " << o.rounds << " --output '" << out.string() << "' --variant '"
-      << fp32.value("name", "fp32") << "'";
+      << " --rounds 1 --output '" << out.string() << "' --variant '" << fp32.value("name", "fp32")
+      << "'";
   if (progress) *progress << "[bench] peers: " << cmd.str() << "\n" << std::flush;
   const int rc = std::system((cmd.str() + " 1>&2").c_str());
   if (!fs::exists(out)) {
@@ -453,6 +456,16 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
   };
   std::map<std::pair<size_t, int64_t>, Samples> samples;  // (job, batch) -> samples
   std::vector<int64_t> reference_top1;  // ONNX Runtime FP32 top-1 on the inputs (peer check)
+  json peers = {{"available", false}, {"reason", "disabled (--no-peers)"}};
+  if (o.peers && fp32_entry.is_null()) peers["reason"] = "no fp32 variant selected";
+  bool run_peers = o.peers && !fp32_entry.is_null();
+  struct PeerCell {
+    std::vector<double> ms, round_medians;
+    bool stable = true;
+    std::string variant;
+  };
+  std::map<std::tuple<std::string, int, int64_t>, PeerCell> peer_cells;  // engine, threads, batch
+  json peer_info;  // the first round's output (versions, top-1, eager-vs-script check)
   for (int round = 0; round < o.rounds; ++round) {
     for (size_t j = 0; j < jobs.size(); ++j) {
       const Job& job = jobs[j];
@@ -495,6 +508,34 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         say(line);
       }
     }
+    // The peers' round: a fresh Python process right after Kiln's pass, so that drift of the
+    // machine and per-process effects reach the peers' spread as they reach Kiln's.
+    if (run_peers) {
+      json r = RunPeers(o, fp32_entry, dir, inputs_file, n_inputs, shape, round, progress);
+      if (!r.value("available", false)) {
+        peers = r;
+        run_peers = false;
+        peer_cells.clear();
+      } else {
+        if (peer_info.is_null()) peer_info = r;
+        try {
+          for (const json& c : r.at("results")) {
+            PeerCell& pc = peer_cells[{c.at("engine").get<std::string>(),
+                                       c.at("threads").get<int>(), c.at("batch").get<int64_t>()}];
+            const auto ms = c.at("runs_ms").get<std::vector<double>>();
+            pc.ms.insert(pc.ms.end(), ms.begin(), ms.end());
+            pc.round_medians.push_back(Percentile(ms, 50));
+            pc.stable = pc.stable && c.value("stable", false);
+            pc.variant = c.value("variant", "");
+          }
+        } catch (const json::exception& e) {
+          peers = {{"available", false},
+                   {"reason", std::string("peer output is incomplete: ") + e.what()}};
+          run_peers = false;
+          peer_cells.clear();
+        }
+      }
+    }
   }
   json results = json::array();
   for (size_t j = 0; j < jobs.size(); ++j) {
@@ -526,11 +567,23 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
   }
 
   AddConfidenceIntervals(&results);
-  json peers = {{"available", false}, {"reason", "disabled (--no-peers)"}};
-  if (o.peers && !fp32_entry.is_null()) {
-    peers = RunPeers(o, fp32_entry, dir, inputs_file, n_inputs, shape, progress);
+  if (!peer_info.is_null() && !peer_cells.empty()) {
+    peers = peer_info;
+    peers["rounds"] = o.rounds;
+    json peer_results = json::array();
+    for (const auto& [key, pc] : peer_cells) {
+      const auto& [engine, threads, batch] = key;
+      json cell = Stats(Timing{pc.ms, pc.stable}, batch);
+      cell["variant"] = pc.variant;
+      cell["engine"] = engine;
+      cell["threads"] = threads;
+      cell["batch"] = batch;
+      cell["round_medians_ms"] = pc.round_medians;
+      peer_results.push_back(cell);
+    }
+    peers["results"] = peer_results;
     // The peers must run the same weights: compare their top-1 with ONNX Runtime's.
-    if (peers.value("available", false) && peers.contains("top1") && !reference_top1.empty()) {
+    if (peers.contains("top1") && !reference_top1.empty()) {
       const auto top1 = peers["top1"].get<std::vector<int64_t>>();
       int64_t same = 0;
       for (size_t i = 0; i < top1.size() && i < reference_top1.size(); ++i) {
@@ -539,8 +592,6 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       peers["top1_agreement_with_onnxruntime"] =
           static_cast<double>(same) / static_cast<double>(reference_top1.size());
     }
-  } else if (o.peers) {
-    peers["reason"] = "no fp32 variant selected";
   }
   if (!peers.value("available", false)) say("peers unavailable: " + peers.value("reason", "?"));
   if (peers.contains("results")) AddConfidenceIntervals(&peers["results"]);
@@ -586,6 +637,10 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
          "(mean +- t(0.975, rounds-1) x sd / sqrt(rounds)); it widens with drift between rounds. "
          "Two runs of this benchmark agree on a cell when their intervals overlap "
          "(bench/compare_reports.py checks two report.json files)"},
+        {"peers",
+         "bench/peers.py (PyTorch eager and TorchScript in Python) runs in a fresh Python process "
+         "once per round, right after Kiln's pass of that round, with the same warm-up and "
+         "stability rule; its rounds are pooled like Kiln's"},
         {"images_per_second", "batch / median latency"},
         {"peak_memory",
          "peak resident set of the benchmark process (VmHWM) during the cell, "

@@ -7,7 +7,8 @@
 //   * inputs: the first max(batch) test images, normalized with the model's own statistics;
 //     the same buffer for every engine;
 //   * `rounds` passes over the whole matrix, one after another (so that drift of a shared
-//     machine over minutes shows as spread between the rounds' medians);
+//     machine over minutes shows as spread between the rounds' medians); the Python peers run
+//     once per round, in a fresh process, right after Kiln's pass;
 //   * per cell and round: warm-up of at least `warmup_runs` runs and `warmup_seconds`, then
 //     timed runs until at least `min_runs` runs and `min_seconds` have passed AND the medians of
 //     the first and second half of the runs differ by at most `stable_tolerance` (stable); a
