@@ -79,15 +79,19 @@ struct Axes {
 Axes DrawAxes(cv::Mat& img, const std::string& title, const std::string& xlabel,
               const std::string& ylabel, double x0, double x1, double y0, double y1, bool log_x,
               const std::vector<double>& xticks) {
-  Axes a{{80, 56, img.cols - 330, img.rows - 106}, x0, x1, y0, y1, log_x};
+  Axes a{{80, 56, img.cols - 380, img.rows - 106}, x0, x1, y0, y1, log_x};
   const auto font = cv::FONT_HERSHEY_SIMPLEX;
   cv::putText(img, title, {10, 24}, font, 0.6, kInk, 1, cv::LINE_AA);
+  // Enough decimals that neighbouring ticks differ (an accuracy axis spans e.g. 0.902-0.911).
+  const double step = (y1 - y0) / 5;
+  const int decimals =
+      std::fabs(y1) >= 100 ? 0 : std::clamp(static_cast<int>(std::ceil(-std::log10(step))), 2, 6);
   for (int k = 0; k <= 5; ++k) {
-    const double v = y0 + (y1 - y0) * k / 5;
+    const double v = y0 + step * k;
     const int y = a.Y(v);
     cv::line(img, {a.plot.x, y}, {a.plot.x + a.plot.width, y}, kGrid, 1);
-    cv::putText(img, Fmt(std::fabs(y1) >= 100 ? "%.0f" : "%.2f", v), {5, y + 4}, font, 0.4, kInk, 1,
-                cv::LINE_AA);
+    cv::putText(img, Fmt(("%." + std::to_string(decimals) + "f").c_str(), v), {5, y + 4}, font, 0.4,
+                kInk, 1, cv::LINE_AA);
   }
   for (double t : xticks) {
     const int x = a.X(t);

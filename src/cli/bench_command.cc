@@ -1,6 +1,8 @@
 // kiln bench
 #include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "kiln/bench/bench.h"
@@ -15,13 +17,37 @@ struct BenchArgs {
   bench::BenchOptions opt;
   std::string manifest;
   std::vector<std::string> models;
+  std::string render;  // a report.json to render again instead of measuring
   std::string out_dir;
   std::string data = DefaultDataPath();
   bool quick = false;
   bool no_peers = false;
 };
 
+// --render: REPORT.md and the plots again from a report.json (e.g. after a Kiln upgrade).
+int RenderReport(const BenchArgs& a) {
+  const fs::path out = a.out_dir.empty() ? fs::path(a.render).parent_path() : fs::path(a.out_dir);
+  nlohmann::json report;
+  try {
+    std::ifstream in(a.render);
+    report = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    std::cerr << "kiln bench: " << a.render << ": not a report.json (" << e.what() << ")\n";
+    return kExitUsage;
+  }
+  std::error_code ec;
+  fs::create_directories(out, ec);
+  if (Status s = bench::WriteReport(report, out); !s.ok()) {
+    std::cerr << "kiln bench: " << a.render << ": " << s.ToString() << "\n";
+    return kExitFailure;
+  }
+  std::cout << "wrote " << (out / "REPORT.md").string() << " and the plots from " << a.render
+            << "\n";
+  return 0;
+}
+
 int RunBenchCommand(BenchArgs a) {
+  if (!a.render.empty()) return RenderReport(a);
   bench::BenchOptions& o = a.opt;
   if (a.quick) o.ApplyQuick();
   if (a.manifest.empty() == a.models.empty()) {
@@ -66,6 +92,10 @@ void RegisterBenchCommand(CLI::App& app, Runner* run) {
                   "separate with commas; a .onnx and .pt of one name in one folder are one "
                   "variant). Accuracy and FLOPs are then not known")
       ->delimiter(',')
+      ->check(CLI::ExistingFile);
+  cmd->add_option("--render", a->render,
+                  "Only write REPORT.md and the plots again from this report.json (into its "
+                  "folder, or --output); measures nothing")
       ->check(CLI::ExistingFile);
   cmd->add_option("--output,-o", a->out_dir,
                   "Report folder (default: <run>/bench, or <first model's folder>/bench)");

@@ -128,6 +128,19 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
                              std::istreambuf_iterator<char>());
   EXPECT_NE(files_md.find("not measured"), std::string::npos);
   EXPECT_EQ(files_md.find("Fastest within"), std::string::npos) << "no accuracy, no budget claim";
+  // --render writes REPORT.md and the plots again from report.json alone.
+  const fs::path rendered = dir.path() / "rendered";
+  r = testing::RunKiln("bench --render '" + (files_out / "report.json").string() + "' --output '" +
+                       rendered.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  for (const char* png : {"throughput.png", "latency_batch1.png", "pareto.png"}) {
+    ExpectPng(rendered / png);
+  }
+  EXPECT_TRUE(fs::exists(rendered / "REPORT.md"));
+  EXPECT_EQ(
+      testing::RunKiln("bench --render '" + (export_dir / "model.onnx").string() + "'").exit_code,
+      2);
+
   // Not a model file; both a manifest and models.
   const fs::path notes = dir.path() / "notes.txt";
   std::ofstream(notes) << "hello";
