@@ -100,6 +100,21 @@ struct ModelStats {
   std::vector<uint64_t> class_counts;  // top-1 predictions per output index
 };
 
+// What the HTTP and gRPC frontends check and format the same way, so both protocols give the
+// same answers and the same messages.
+
+// The shape a client sees for `dims`: a leading -1 batch dimension when the model batches.
+std::vector<int64_t> BatchedShape(const ModelInfo& model, const std::vector<int64_t>& dims);
+// "[1,3,32,32]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+// Checks a request's shape for the model's input and returns the batch it carries (1 when
+// max_batch_size is 0). InvalidArgument naming both shapes, or a batch over max_batch_size.
+Result<int64_t> CheckInputShape(const ModelInfo& model, const std::vector<int64_t>& shape);
+// Triton's classification extension: for each row of `output` (output_elements values each),
+// the min(k, classes) highest values as "<value>:<index>[:<label>]", highest first.
+std::vector<std::string> ClassificationStrings(const ModelInfo& model,
+                                               const std::vector<float>& output, int64_t k);
+
 class Engine {
  public:
   // Loads the repository per the control mode. Models that fail are UNAVAILABLE (not an error);

@@ -947,6 +947,67 @@ Status EngineOptions::Validate() const {
   return Status::Ok();
 }
 
+std::vector<int64_t> BatchedShape(const ModelInfo& model, const std::vector<int64_t>& dims) {
+  std::vector<int64_t> s;
+  if (model.max_batch_size > 0) s.push_back(-1);
+  s.insert(s.end(), dims.begin(), dims.end());
+  return s;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? "," : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+Result<int64_t> CheckInputShape(const ModelInfo& model, const std::vector<int64_t>& shape) {
+  const auto& dims = model.input_dims;
+  if (model.max_batch_size > 0) {
+    if (shape.size() != dims.size() + 1 || shape[0] < 1 ||
+        !std::equal(dims.begin(), dims.end(), shape.begin() + 1)) {
+      return InvalidArgumentError("input '" + model.input_name + "' shape " + ShapeString(shape) +
+                                  " does not match the model's " +
+                                  ShapeString(BatchedShape(model, dims)));
+    }
+    if (shape[0] > model.max_batch_size) {
+      return InvalidArgumentError("batch " + std::to_string(shape[0]) +
+                                  " exceeds the model's max_batch_size " +
+                                  std::to_string(model.max_batch_size));
+    }
+    return shape[0];
+  }
+  if (shape != dims) {
+    return InvalidArgumentError("input '" + model.input_name + "' shape " + ShapeString(shape) +
+                                " does not match the model's " + ShapeString(dims));
+  }
+  return int64_t{1};
+}
+
+std::vector<std::string> ClassificationStrings(const ModelInfo& model,
+                                               const std::vector<float>& output, int64_t k) {
+  const int64_t classes = model.output_elements;
+  std::vector<std::string> out;
+  if (classes <= 0 || k <= 0) return out;
+  k = std::min(k, classes);
+  const int64_t rows = static_cast<int64_t>(output.size()) / classes;
+  std::vector<int64_t> idx(static_cast<size_t>(classes));
+  for (int64_t row = 0; row < rows; ++row) {
+    const float* v = output.data() + row * classes;
+    for (int64_t c = 0; c < classes; ++c) idx[static_cast<size_t>(c)] = c;
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int64_t a, int64_t b) { return v[a] > v[b]; });
+    for (int64_t i = 0; i < k; ++i) {
+      const int64_t c = idx[static_cast<size_t>(i)];
+      std::string e = std::to_string(v[c]) + ":" + std::to_string(c);
+      if (c < static_cast<int64_t>(model.labels.size())) {
+        e += ":" + model.labels[static_cast<size_t>(c)];
+      }
+      out.push_back(std::move(e));
+    }
+  }
+  return out;
+}
+
 Result<std::unique_ptr<Engine>> Engine::Create(const EngineOptions& options,
                                                metrics::Registry* registry) {
   KILN_RETURN_IF_ERROR(options.Validate());

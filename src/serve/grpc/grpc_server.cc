@@ -74,19 +74,6 @@ grpc::Status Guard(F&& body) noexcept {
   }
 }
 
-std::string ShapeString(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-std::vector<int64_t> BatchedShape(const ModelInfo& m, const std::vector<int64_t>& dims) {
-  std::vector<int64_t> s;
-  if (m.max_batch_size > 0) s.push_back(-1);
-  s.insert(s.end(), dims.begin(), dims.end());
-  return s;
-}
-
 void SetDuration(const Duration& d, inference::StatisticDuration* out) {
   out->set_count(d.count);
   out->set_ns(d.ns);
@@ -127,23 +114,7 @@ Result<Prepared> Prepare(Engine* engine, const inference::ModelInferRequest& req
                                 "' does not match the model's FP32");
   }
   const std::vector<int64_t> shape(in.shape().begin(), in.shape().end());
-  if (m.max_batch_size > 0) {
-    if (shape.size() != m.input_dims.size() + 1 || shape[0] < 1 ||
-        !std::equal(m.input_dims.begin(), m.input_dims.end(), shape.begin() + 1)) {
-      return InvalidArgumentError("input '" + m.input_name + "' shape " + ShapeString(shape) +
-                                  " does not match the model's " +
-                                  ShapeString(BatchedShape(m, m.input_dims)));
-    }
-    if (shape[0] > m.max_batch_size) {
-      return InvalidArgumentError("batch " + std::to_string(shape[0]) +
-                                  " exceeds the model's max_batch_size " +
-                                  std::to_string(m.max_batch_size));
-    }
-    p.batch = shape[0];
-  } else if (shape != m.input_dims) {
-    return InvalidArgumentError("input '" + m.input_name + "' shape " + ShapeString(shape) +
-                                " does not match the model's " + ShapeString(m.input_dims));
-  }
+  KILN_ASSIGN_OR_RETURN(p.batch, CheckInputShape(m, shape));
   const size_t elements = static_cast<size_t>(p.batch * m.input_elements);
   if (req.raw_input_contents_size() > 0) {
     // Triton's rule: raw_input_contents holds every input, and then no input has contents.
@@ -218,20 +189,10 @@ void BuildResponse(const Prepared& p, const InferResult& r, inference::ModelInfe
   if (p.classification > 0 && classes > 0) {
     const int64_t k = std::min(p.classification, classes);
     const int64_t rows = static_cast<int64_t>(r.output.size()) / classes;
-    std::vector<int64_t> idx(static_cast<size_t>(classes));
-    for (int64_t row = 0; row < rows; ++row) {
-      const float* v = r.output.data() + row * classes;
-      for (int64_t c = 0; c < classes; ++c) idx[static_cast<size_t>(c)] = c;
-      std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                        [&](int64_t a, int64_t b) { return v[a] > v[b]; });
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t c = idx[static_cast<size_t>(i)];
-        std::string e = std::to_string(v[c]) + ":" + std::to_string(c);
-        if (c < static_cast<int64_t>(m.labels.size())) e += ":" + m.labels[static_cast<size_t>(c)];
-        const uint32_t len = static_cast<uint32_t>(e.size());
-        raw->append(reinterpret_cast<const char*>(&len), sizeof len);
-        raw->append(e);
-      }
+    for (const std::string& e : ClassificationStrings(m, r.output, k)) {
+      const uint32_t len = static_cast<uint32_t>(e.size());
+      raw->append(reinterpret_cast<const char*>(&len), sizeof len);
+      raw->append(e);
     }
     tensor->set_datatype("BYTES");
     if (m.max_batch_size > 0) tensor->add_shape(rows);

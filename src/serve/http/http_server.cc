@@ -151,19 +151,6 @@ Status Flatten(const json& j, std::vector<float>* out, int depth = 0) {
                               std::string(j.type_name()));
 }
 
-std::string ShapeString(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? "," : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-std::vector<int64_t> BatchedShape(const ModelInfo& m, const std::vector<int64_t>& dims) {
-  std::vector<int64_t> s;
-  if (m.max_batch_size > 0) s.push_back(-1);
-  s.insert(s.end(), dims.begin(), dims.end());
-  return s;
-}
-
 // Softmax in double, then the indices of the k largest probabilities.
 std::vector<std::pair<int64_t, double>> TopK(const float* row, int64_t classes, int64_t k) {
   const double top = *std::max_element(row, row + classes);
@@ -950,24 +937,9 @@ void Server::Infer(Request req, const std::string& model_name, const std::string
       if (!d.is_number_integer()) return reply(Error(400, "shape must hold integers"));
       shape.push_back(d.get<int64_t>());
     }
-    std::vector<int64_t> expected = m.input_dims;
-    if (m.max_batch_size > 0) {
-      if (shape.size() != m.input_dims.size() + 1 || shape[0] < 1 ||
-          !std::equal(m.input_dims.begin(), m.input_dims.end(), shape.begin() + 1)) {
-        return reply(Error(400, "input '" + m.input_name + "' shape " + ShapeString(shape) +
-                                    " does not match the model's " +
-                                    ShapeString(BatchedShape(m, m.input_dims))));
-      }
-      if (shape[0] > m.max_batch_size) {
-        return reply(Error(400, "batch " + std::to_string(shape[0]) +
-                                    " exceeds the model's max_batch_size " +
-                                    std::to_string(m.max_batch_size)));
-      }
-      batch = shape[0];
-    } else if (shape != m.input_dims) {
-      return reply(Error(400, "input '" + m.input_name + "' shape " + ShapeString(shape) +
-                                  " does not match the model's " + ShapeString(m.input_dims)));
-    }
+    auto checked = CheckInputShape(m, shape);
+    if (!checked.ok()) return reply(Error(400, checked.status().message()));
+    batch = *checked;
     const size_t elements = static_cast<size_t>(batch * m.input_elements);
     const json* params = in.contains("parameters") ? &in["parameters"] : nullptr;
     if (params != nullptr && params->is_object() && params->contains("binary_data_size")) {
@@ -1059,20 +1031,7 @@ void Server::Infer(Request req, const std::string& model_name, const std::string
           if (wanted.classification > 0) {
             const int64_t k = std::min(wanted.classification, classes);
             const int64_t rows = static_cast<int64_t>(r.output.size()) / classes;
-            json strings = json::array();
-            for (int64_t row = 0; row < rows; ++row) {
-              const float* v = r.output.data() + row * classes;
-              std::vector<int64_t> idx(static_cast<size_t>(classes));
-              for (int64_t c = 0; c < classes; ++c) idx[static_cast<size_t>(c)] = c;
-              std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
-                                [&](int64_t a, int64_t b) { return v[a] > v[b]; });
-              for (int64_t i = 0; i < k; ++i) {
-                const int64_t c = idx[static_cast<size_t>(i)];
-                std::string e = std::to_string(v[c]) + ":" + std::to_string(c);
-                if (c < static_cast<int64_t>(m.labels.size())) e += ":" + Label(m, c);
-                strings.push_back(e);
-              }
-            }
+            const json strings = ClassificationStrings(m, r.output, k);
             o["datatype"] = "BYTES";
             o["shape"] = m.max_batch_size > 0 ? json{rows, k} : json{k};
             if (wanted.binary) {
