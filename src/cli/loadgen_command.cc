@@ -229,22 +229,20 @@ int RunLoadgen(const LoadgenArgs& a) {
     std::atomic<int64_t> errors{0}, late{0}, sent{0};
     std::atomic<bool> stop{false};
     std::vector<std::thread> clients;
-    // Rate mode: request i is due at schedule[i] after `begin`; senders take the next index.
-    const auto begin = Clock::now() + std::chrono::milliseconds(20);
-    std::vector<double> schedule;  // seconds; grown on demand under schedule_mu
+    // Rate mode: each sender takes the next request's index and due time together; the due
+    // times advance by 1/rate or by exponential gaps (Poisson arrivals).
     std::mutex schedule_mu;
+    size_t next_request = 0;
+    double next_due_s = 0;  // seconds after `begin`
     std::mt19937_64 arrivals(42);
-    std::atomic<size_t> next_request{0};
-    auto due = [&](size_t i) {
+    std::exponential_distribution<double> gaps(level);
+    const auto begin = Clock::now() + std::chrono::milliseconds(20);
+    auto take_next = [&]() -> std::pair<size_t, Clock::time_point> {
       std::lock_guard l(schedule_mu);
-      while (schedule.size() <= i) {
-        const double gap = a.distribution == "poisson"
-                               ? std::exponential_distribution<double>(level)(arrivals)
-                               : 1.0 / level;
-        schedule.push_back((schedule.empty() ? 0.0 : schedule.back()) + gap);
-      }
-      return begin + std::chrono::duration_cast<Clock::duration>(
-                         std::chrono::duration<double>(schedule[i]));
+      const auto due = begin + std::chrono::duration_cast<Clock::duration>(
+                                   std::chrono::duration<double>(next_due_s));
+      next_due_s += a.distribution == "poisson" ? gaps(arrivals) : 1.0 / level;
+      return {next_request++, due};
     };
     const int senders = rate_mode ? a.max_threads : static_cast<int>(level);
     for (int t = 0; t < senders; ++t) {
@@ -258,8 +256,8 @@ int RunLoadgen(const LoadgenArgs& a) {
         while (!stop && !StopRequested()) {
           Clock::time_point t0;
           if (rate_mode) {
-            const size_t i = next_request++;
-            t0 = due(i);
+            const auto [i, due] = take_next();
+            t0 = due;
             // Sleep in short steps so that the end of a level is not held up.
             while (Clock::now() < t0 && !stop) {
               std::this_thread::sleep_until(
