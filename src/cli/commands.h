@@ -26,6 +26,7 @@ void RegisterPipelineCommand(CLI::App& app, Runner* run);
 void RegisterVersionCommand(CLI::App& app, Runner* run);
 void RegisterServeCommand(CLI::App& app, Runner* run);
 void RegisterLoadgenCommand(CLI::App& app, Runner* run);
+void RegisterDriftCommand(CLI::App& app, Runner* run);
 
 // What an exported model says about its input and output (Kiln metadata, see
 // exporter::ExportMetadata): normalization and label names. InvalidArgument naming

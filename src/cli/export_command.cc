@@ -2,11 +2,14 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "kiln/backend/inference_backend.h"
+#include "kiln/backend/model_metadata.h"
 #include "kiln/data/cifar10.h"
+#include "kiln/export/drift_reference.h"
 #include "kiln/export/onnx_export.h"
 #include "kiln/export/torchscript_export.h"
 #include "kiln/export/verify.h"
@@ -25,6 +28,7 @@ struct ExportArgs {
   exporter::OnnxExportOptions onnx;
   double tolerance = 1e-4;
   bool skip_check = false;
+  bool skip_drift_reference = false;
   int threads = 2;
 };
 
@@ -47,6 +51,29 @@ int RunExport(ExportArgs a) {
     if (nlohmann::json::accept(text))
       a.onnx.training_summary_json = nlohmann::json::parse(text).dump();
   }
+  // The data set serves the drift reference (validation split) and the parity check (test).
+  std::optional<data::Dataset> ds;
+  if (!a.skip_check || !a.skip_drift_reference) {
+    auto loaded = data::LoadCifar10(a.data);
+    if (!loaded.ok()) {
+      std::cerr << "kiln export: cannot read the data for the parity check and the drift "
+                   "reference: "
+                << loaded.status().ToString()
+                << " (pass --data, or --skip-check --skip-drift-reference)\n";
+      return kExitFailure;
+    }
+    ds = std::move(loaded).value();
+  }
+  if (!a.skip_drift_reference) {
+    auto ref = exporter::ComputeDriftReference(*ckpt, *ds);
+    if (!ref.ok()) {
+      std::cerr << "kiln export: " << ref.status().ToString() << "\n";
+      return kExitFailure;
+    }
+    a.onnx.extra_metadata[backend::kDriftReferenceKey] = backend::DriftReferenceJson(*ref);
+    std::printf("drift reference: %lld images of the %s, mean confidence %.4f\n",
+                static_cast<long long>(ref->images), ref->source.c_str(), ref->mean_confidence);
+  }
   const fs::path onnx_file = out / "model.onnx";
   if (Status s = exporter::ExportOnnx(*ckpt, a.onnx, onnx_file); !s.ok()) {
     std::cerr << "kiln export: " << s.ToString() << "\n";
@@ -57,7 +84,8 @@ int RunExport(ExportArgs a) {
       onnx_file.c_str(), static_cast<long long>(a.onnx.opset),
       static_cast<long long>(fs::file_size(onnx_file)));
   const fs::path ts_file = out / "model.pt";
-  if (Status s = exporter::ExportTorchScript(*ckpt, ts_file, a.onnx.training_summary_json);
+  if (Status s = exporter::ExportTorchScript(*ckpt, ts_file, a.onnx.training_summary_json,
+                                              a.onnx.extra_metadata);
       !s.ok()) {
     std::cerr << "kiln export: " << s.ToString() << "\n";
     return kExitFailure;
@@ -66,12 +94,6 @@ int RunExport(ExportArgs a) {
               static_cast<long long>(fs::file_size(ts_file)));
   if (a.skip_check) return 0;
 
-  auto ds = data::LoadCifar10(a.data);
-  if (!ds.ok()) {
-    std::cerr << "kiln export: cannot check the export: " << ds.status().ToString()
-              << " (pass --data, or --skip-check)\n";
-    return kExitFailure;
-  }
   int failures = 0;
   for (const auto& [engine_name, file] :
        {std::pair<std::string, fs::path>{"onnxruntime", onnx_file},
@@ -120,13 +142,18 @@ void RegisterExportCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--tolerance", a->tolerance, "Largest accepted |logit difference|")
       ->capture_default_str();
   cmd->add_flag("--skip-check", a->skip_check, "Do not run the parity check");
+  cmd->add_flag("--skip-drift-reference", a->skip_drift_reference,
+                "Do not store the drift reference (the server then has no drift metrics for it)");
   cmd->add_option("--threads", a->threads, "Threads for both engines")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
   cmd->footer(
       "After writing, export runs ONNX Runtime and libtorch on the whole test set: a max "
       "|difference| above "
-      "--tolerance or any top-1 disagreement is an error (exit 1).");
+      "--tolerance or any top-1 disagreement is an error (exit 1). Before writing, export "
+      "runs the checkpoint on the validation split its training held out and stores the "
+      "result as the drift reference (kiln.drift_reference: class shares, confidence "
+      "histogram, input channel statistics) that kiln serve compares its traffic with.");
   cmd->callback([run, a] { *run = [a] { return RunExport(*a); }; });
 }
 

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   kiln::cli::RegisterVersionCommand(app, &run);
   kiln::cli::RegisterServeCommand(app, &run);
   kiln::cli::RegisterLoadgenCommand(app, &run);
+  kiln::cli::RegisterDriftCommand(app, &run);
   for (int i = 0; i < argc; ++i) {
     kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
   }

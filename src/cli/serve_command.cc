@@ -128,6 +128,13 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--request-timeout-ms", a->engine.request_timeout_ms,
                   "Longest wait in a model's queue (config default_timeout_microseconds wins)")
       ->capture_default_str();
+  cmd->add_option("--drift-window-size", a->engine.drift_window_size,
+                  "Predictions per model version in the drift window compared with the model's "
+                  "drift reference (0 = drift tracking off)")
+      ->capture_default_str();
+  cmd->add_option("--drift-window-seconds", a->engine.drift_window_seconds,
+                  "Oldest prediction the drift window keeps, in seconds")
+      ->capture_default_str();
   cmd->add_option("--max-body-bytes", a->http.max_body_bytes, "Largest request body")
       ->capture_default_str();
   cmd->add_option("--max-header-bytes", a->http.max_header_bytes, "Largest request header")

@@ -107,8 +107,9 @@ Result<LoweredModel> LowerModel(const train::Checkpoint& checkpoint) {
   return out;
 }
 
-std::map<std::string, std::string> ExportMetadata(const train::Checkpoint& checkpoint,
-                                                  const std::string& training_summary_json) {
+std::map<std::string, std::string> ExportMetadata(
+    const train::Checkpoint& checkpoint, const std::string& training_summary_json,
+    const std::map<std::string, std::string>& extra) {
   using nlohmann::json;
   const train::CheckpointMeta& m = checkpoint.meta;
   std::map<std::string, std::string> out = {
@@ -121,6 +122,7 @@ std::map<std::string, std::string> ExportMetadata(const train::Checkpoint& check
       {"kiln.version", Version()},
       {"kiln.checkpoint_created", m.created}};
   if (!training_summary_json.empty()) out["kiln.training_summary"] = training_summary_json;
+  for (const auto& [key, value] : extra) out.emplace(key, value);
   return out;
 }
 

@@ -198,7 +198,8 @@ Result<std::string> BuildOnnxModel(const train::Checkpoint& checkpoint,
   last->set_output(0, options.output_name);
   SetFloatTensorType(graph->add_output(), options.output_name, {-1, meta.shape.num_classes});
 
-  for (const auto& [key, value] : ExportMetadata(checkpoint, options.training_summary_json)) {
+  for (const auto& [key, value] : ExportMetadata(checkpoint, options.training_summary_json,
+                                                   options.extra_metadata)) {
     AddMeta(&model, key, value);
   }
 

@@ -82,13 +82,14 @@ Result<std::string> TorchScriptSource(const train::Checkpoint& checkpoint) {
 }
 
 Status ExportTorchScript(const train::Checkpoint& checkpoint, const std::filesystem::path& file,
-                         const std::string& training_summary_json) {
+                         const std::string& training_summary_json,
+                         const std::map<std::string, std::string>& extra_metadata) {
   KILN_ASSIGN_OR_RETURN(LoweredModel lowered, LowerModel(checkpoint));
   const Emitted emitted = Emit(lowered);
   if (!training_summary_json.empty() && !nlohmann::json::accept(training_summary_json)) {
     return InvalidArgumentError("training summary is not valid JSON");
   }
-  const nlohmann::json info(ExportMetadata(checkpoint, training_summary_json));
+  const nlohmann::json info(ExportMetadata(checkpoint, training_summary_json, extra_metadata));
   const std::filesystem::path tmp = file.string() + ".tmp";
   try {
     torch::jit::Module module(c10::QualifiedName("__torch__.kiln.Classifier"));

@@ -56,5 +56,69 @@ TEST(KilnMetadataTest, MalformedValuesAreInvalidArgumentsNamingTheFile) {
   }
 }
 
+TEST(KilnMetadataTest, DriftReferenceRoundTrips) {
+  drift::Reference r;
+  r.images = 5000;
+  r.source = "validation split";
+  r.class_share = {0.25, 0.75};
+  r.confidence_share.assign(drift::ConfidenceBounds().size(), 0.0);
+  r.confidence_share.back() = 1.0;
+  r.mean_confidence = 0.97;
+  r.channel_mean = {0.1, -0.2, 0.3};
+  r.channel_std = {0.5, 0.6, 0.7};
+  auto m = ReadKilnMetadata({{kDriftReferenceKey, DriftReferenceJson(r)},
+                             {"kiln.labels", R"(["cat", "dog"])"}},
+                            "m.onnx");
+  KILN_ASSERT_RESULT_OK(m);
+  ASSERT_TRUE(m->drift_reference.has_value());
+  const drift::Reference& back = *m->drift_reference;
+  EXPECT_EQ(back.images, 5000);
+  EXPECT_EQ(back.source, "validation split");
+  EXPECT_EQ(back.class_share, r.class_share);
+  EXPECT_EQ(back.confidence_share, r.confidence_share);
+  EXPECT_EQ(back.mean_confidence, 0.97);
+  EXPECT_EQ(back.channel_mean, r.channel_mean);
+  EXPECT_EQ(back.channel_std, r.channel_std);
+  // No key: no reference (the model simply has no drift metrics).
+  auto none = ReadKilnMetadata({}, "m.onnx");
+  KILN_ASSERT_RESULT_OK(none);
+  EXPECT_FALSE(none->drift_reference.has_value());
+}
+
+TEST(KilnMetadataTest, MalformedDriftReferencesAreInvalidArguments) {
+  const std::string bounds = "[0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,0.95,0.99,1.0]";
+  const std::string conf = "[0,0,0,0,0,0,0,0,0,0,1]";
+  auto ref = [&](const std::string& images, const std::string& classes, const std::string& b,
+                 const std::string& c, const std::string& channels) {
+    return R"({"images":)" + images + R"(,"class_share":)" + classes +
+           R"(,"confidence_bounds":)" + b + R"(,"confidence_share":)" + c +
+           R"(,"mean_confidence":0.9)" + channels + "}";
+  };
+  const std::string good = ref("10", "[0.5,0.5]", bounds, conf, "");
+  ASSERT_TRUE(ReadKilnMetadata({{kDriftReferenceKey, good}}, "m.onnx").ok());
+  const std::string cases[] = {
+      "not json",
+      ref("0", "[0.5,0.5]", bounds, conf, ""),                  // no images
+      ref("10", "[0.5,0.6]", bounds, conf, ""),                 // shares do not sum to 1
+      ref("10", "[1.5,-0.5]", bounds, conf, ""),                // shares outside [0, 1]
+      ref("10", "[0.5,0.5]", "[0.5,1.0]", conf, ""),            // other buckets
+      ref("10", "[0.5,0.5]", bounds, "[0,1]", ""),              // wrong bucket count
+      ref("10", "[0.5,0.5]", bounds, conf, R"(,"channel_mean":[0],"channel_std":[])"),
+      ref("10", "[0.5,0.5]", bounds, conf, R"(,"channel_mean":[0],"channel_std":[-1])"),
+      R"({"images": 10})",                                       // fields missing
+  };
+  for (const std::string& c : cases) {
+    SCOPED_TRACE(c);
+    auto m = ReadKilnMetadata({{kDriftReferenceKey, c}}, "broken.onnx");
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(m.status().message().find("broken.onnx"), std::string::npos);
+  }
+  // Classes that disagree with the labels.
+  auto m = ReadKilnMetadata({{kDriftReferenceKey, good}, {"kiln.labels", R"(["a","b","c"])"}},
+                            "broken.onnx");
+  EXPECT_FALSE(m.ok());
+}
+
 }  // namespace
 }  // namespace kiln::backend

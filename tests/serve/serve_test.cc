@@ -613,6 +613,30 @@ TEST_F(ServeTest, WebPageShowsTheTopLabelInChromium) {
   EXPECT_EQ(j["top1"], label) << out;
   EXPECT_EQ(j["bars"], 5) << out;
   EXPECT_NE(j["latency"].get<std::string>().find("ms"), std::string::npos) << out;
+  // The live panel shows throughput beside the latency percentiles.
+  for (const char* row : {"images/s", "p50 ms", "p95 ms", "p99 ms", "requests", "errors"}) {
+    EXPECT_TRUE(j["live"].contains(row)) << row << ": " << out;
+  }
+}
+
+// The browser's own GET /favicon.ico gets an icon, and neither it nor a 404 for an unknown path
+// counts as an error in /stats; a failed inference does.
+TEST_F(ServeTest, FaviconAndErrorsAsAnOperatorMeansThem) {
+  auto icon = Http(Url("/favicon.ico"));
+  EXPECT_EQ(icon.status, 200);
+  EXPECT_EQ(icon.headers["content-type"], "image/svg+xml");
+  EXPECT_NE(icon.body.find("<svg"), std::string::npos);
+  auto errors = [&] { return json::parse(Http(Url("/stats")).body)["errors_total"].get<int64_t>(); };
+  auto client_errors = [&] {
+    return json::parse(Http(Url("/stats")).body)["client_errors_total"].get<int64_t>();
+  };
+  const int64_t before = errors(), client_before = client_errors();
+  EXPECT_EQ(Http(Url("/favicon.ico")).status, 200);
+  EXPECT_EQ(Http(Url("/no/such/page")).status, 404);
+  EXPECT_EQ(errors(), before);
+  EXPECT_EQ(client_errors(), client_before + 1);
+  EXPECT_EQ(Http(Url("/v2/models/cifar/infer"), Post("{not json", {})).status, 400);
+  EXPECT_EQ(errors(), before + 1);
 }
 
 // kiln loadgen against the suite's server: every mode runs, the CSV has perf_analyzer's

@@ -1,5 +1,6 @@
 // Drives Kiln's web page in headless Chromium (Debian's chromium, via playwright-core):
-// uploads an image through the file picker and prints the top-1 label the page shows.
+// uploads an image through the file picker and prints the top-1 label the page shows and the
+// live panel's rows (once it counts the upload).
 //   node tests/serve/web_page_test.mjs http://127.0.0.1:8000 image.png [model]
 import { chromium } from "playwright-core";
 
@@ -23,7 +24,10 @@ try {
   const bars = await page.locator("#bars .bar").count();
   const latency = await page.textContent("#latency");
   await page.waitForFunction(() => document.querySelectorAll("#live tr").length > 0);
-  console.log(JSON.stringify({ top1: await page.textContent("#top1"), bars, latency }));
+  const live = await page.evaluate(() => Object.fromEntries(
+      [...document.querySelectorAll("#live tr")].map((tr) => [tr.children[0].textContent,
+                                                              tr.children[1].textContent])));
+  console.log(JSON.stringify({ top1: await page.textContent("#top1"), bars, latency, live }));
 } finally {
   await browser.close();
 }

@@ -46,8 +46,10 @@ Result<LoweredModel> LowerModel(const train::Checkpoint& checkpoint);
 // "kiln_metadata.json" holding the same keys): kiln.arch, kiln.labels (JSON array),
 // kiln.normalization (JSON {mean, std} on pixels scaled to [0, 1]), kiln.input_layout ("NCHW"),
 // kiln.input_shape (JSON [-1, C, H, W]), kiln.version, kiln.checkpoint_created and, when given,
-// kiln.training_summary (JSON).
-std::map<std::string, std::string> ExportMetadata(const train::Checkpoint& checkpoint,
-                                                  const std::string& training_summary_json);
+// kiln.training_summary (JSON), plus `extra` (e.g. kiln.drift_reference; it may not replace
+// the keys above).
+std::map<std::string, std::string> ExportMetadata(
+    const train::Checkpoint& checkpoint, const std::string& training_summary_json,
+    const std::map<std::string, std::string>& extra = {});
 
 }  // namespace kiln::exporter

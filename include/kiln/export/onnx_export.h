@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include "kiln/core/status.h"
@@ -28,6 +29,8 @@ struct OnnxExportOptions {
   std::string graph_name = "kiln";
   // Free-form JSON text stored as metadata "training_summary" (e.g. summary.json); may be empty.
   std::string training_summary_json;
+  // More metadata_props (e.g. kiln.drift_reference); see ExportMetadata.
+  std::map<std::string, std::string> extra_metadata;
 
   Status Validate() const;
 };

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 
 #include "kiln/core/status.h"
@@ -23,8 +24,10 @@ namespace kiln::exporter {
 // The TorchScript source of the model's forward() (for tests and curious users).
 Result<std::string> TorchScriptSource(const train::Checkpoint& checkpoint);
 
-// Writes the archive atomically. `training_summary_json` may be empty.
+// Writes the archive atomically. `training_summary_json` may be empty; `extra_metadata` joins
+// the metadata file (see ExportMetadata).
 Status ExportTorchScript(const train::Checkpoint& checkpoint, const std::filesystem::path& file,
-                         const std::string& training_summary_json);
+                         const std::string& training_summary_json,
+                         const std::map<std::string, std::string>& extra_metadata = {});
 
 }  // namespace kiln::exporter

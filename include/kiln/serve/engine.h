@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/core/drift.h"
 #include "kiln/core/status.h"
 #include "kiln/data/loader.h"
 #include "kiln/serve/metrics.h"
@@ -46,6 +47,11 @@ struct EngineOptions {
   // Engine threads per model, split between its instances unless the config's parameters give
   // intra_op_thread_count.
   int threads = 2;
+  // Drift tracking: per model version, the last `drift_window_size` predictions, none older
+  // than `drift_window_seconds`, compared with the model's drift reference (models without one
+  // only get the confidence histogram). 0 turns drift tracking off.
+  int64_t drift_window_size = 1000;
+  int drift_window_seconds = 600;
 
   Status Validate() const;
 };
@@ -65,6 +71,8 @@ struct ModelInfo {
   // Normalization for image preprocessing (Kiln metadata; else pixel / 255).
   data::Normalization normalization;
   bool has_kiln_normalization = false;
+  // What the model's predictions looked like on held-out data (Kiln metadata), if known.
+  std::optional<drift::Reference> drift_reference;
   std::vector<std::string> warnings;  // config fields ignored etc.
 };
 
@@ -98,6 +106,16 @@ struct ModelStats {
   Duration success, fail, queue, compute_input, compute_infer, compute_output;
   std::vector<BatchStats> batch_stats;
   std::vector<uint64_t> class_counts;  // top-1 predictions per output index
+};
+
+// A model version's drift window against its reference (GET /v2/models/{m}/drift).
+struct DriftReport {
+  std::string name, version;
+  int64_t window_size = 0;     // predictions the window holds at most
+  int64_t window_seconds = 0;  // and their longest age
+  std::optional<drift::Reference> reference;  // none: the model has no drift reference
+  drift::Profile window;
+  drift::Scores scores;
 };
 
 // What the HTTP and gRPC frontends check and format the same way, so both protocols give the
@@ -144,6 +162,9 @@ class Engine {
   // name "" = every model; version "" = every loaded version.
   virtual Result<std::vector<ModelStats>> Statistics(const std::string& name,
                                                      const std::string& version) = 0;
+  // The drift window of a model version ("" = the highest READY one). NotFound/Unavailable as
+  // Find; Unavailable when drift tracking is off.
+  virtual Result<DriftReport> Drift(const std::string& name, const std::string& version) = 0;
   // Requests queued or running, over all models.
   virtual int64_t Pending() = 0;
   // Stops polling, finishes every queued request, joins all threads. Idempotent.

@@ -52,6 +52,10 @@ class Registry {
                     const std::vector<double>& bounds);
   // A function called at render time to refresh gauges (CPU, memory).
   void OnRender(std::function<void()> hook);
+  // The same while `owner` lives; dropped once it has gone (per model version hooks).
+  void OnRender(std::weak_ptr<void> owner, std::function<void()> hook);
+  // Drops one series. Only for series nobody keeps a handle of (looked up on every change).
+  void Remove(const std::string& name, const Labels& labels);
   std::string Render() const;
 
  private:
@@ -65,7 +69,12 @@ class Registry {
               const Labels& labels, const std::vector<double>& bounds);
   mutable std::mutex mu_;
   std::map<std::string, Family> families_;
-  std::vector<std::function<void()>> hooks_;
+  struct Hook {
+    std::function<void()> run;
+    std::weak_ptr<void> owner;
+    bool owned = false;
+  };
+  mutable std::vector<Hook> hooks_;  // Render() drops those whose owner has gone
 };
 
 }  // namespace kiln::serve::metrics

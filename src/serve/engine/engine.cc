@@ -16,6 +16,7 @@
 
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
+#include "drift_tracker.h"
 
 namespace kiln::serve {
 
@@ -82,12 +83,14 @@ class ModelVersion {
  public:
   ModelVersion(std::shared_ptr<const ModelInfo> info,
                std::vector<std::unique_ptr<backend::InferenceBackend>> instances,
-               int64_t max_queue, Clock::duration timeout, MetricHandles handles)
+               int64_t max_queue, Clock::duration timeout, MetricHandles handles,
+               std::shared_ptr<DriftTracker> drift)
       : info_(std::move(info)),
         backends_(std::move(instances)),
         max_queue_(max_queue),
         timeout_(timeout),
-        m_(std::move(handles)) {
+        m_(std::move(handles)),
+        drift_(std::move(drift)) {
     const auto& c = info_->config;
     dynamic_ = c.has_dynamic_batching() && info_->max_batch_size > 0;
     if (dynamic_) {
@@ -101,6 +104,7 @@ class ModelVersion {
   ~ModelVersion() { Stop(); }
 
   const std::shared_ptr<const ModelInfo>& info() const { return info_; }
+  DriftTracker* drift() const { return drift_.get(); }
 
   // False when stopping (the caller resolves the model again); otherwise the request is taken
   // (queued, or failed through its callback when the queue is full).
@@ -284,6 +288,7 @@ class ModelVersion {
       m_.ml_predictions->Add(static_cast<double>(n));
       m_.ml_infer->Observe(static_cast<double>(infer_ns) * 1e-9);
       m_.h_compute->Observe(static_cast<double>(in_ns + infer_ns + out_ns) * 1e-9);
+      if (drift_) drift_->Add(out.data(), n, per, in.data());
       // Predictions by class: the arg-max of each output row (every served model classifies).
       const int64_t classes = per;
       for (int64_t r = 0; r < n && classes > 0; ++r) {
@@ -326,6 +331,7 @@ class ModelVersion {
   const int64_t max_queue_;
   const Clock::duration timeout_;
   MetricHandles m_;
+  const std::shared_ptr<DriftTracker> drift_;  // null when drift tracking is off
   bool dynamic_ = false;
   Clock::duration delay_{0};
   std::set<int64_t> preferred_;
@@ -511,6 +517,14 @@ class EngineImpl : public Engine {
     return out;
   }
 
+  Result<DriftReport> Drift(const std::string& name, const std::string& version) override {
+    KILN_ASSIGN_OR_RETURN(auto v, FindVersion(name, version));
+    if (v->drift() == nullptr) {
+      return UnavailableError("drift tracking is off (kiln serve --drift-window-size 0)");
+    }
+    return v->drift()->Report();
+  }
+
   int64_t Pending() override {
     std::lock_guard l(mu_);
     int64_t n = 0;
@@ -643,6 +657,45 @@ class EngineImpl : public Engine {
                                      with("class", label)));
     }
     return h;
+  }
+
+  // The version's drift window (null when tracking is off). Input statistics need a CHW input
+  // whose channel count matches the reference's.
+  std::shared_ptr<DriftTracker> MakeDriftTracker(const ModelInfo& info) {
+    if (options_.drift_window_size <= 0) return nullptr;
+    std::vector<int64_t> dims = info.input_dims;
+    if (info.max_batch_size == 0 && dims.size() == 4 && dims[0] == 1) dims.erase(dims.begin());
+    int64_t channels = 0, pixels = 0;
+    if (dims.size() == 3 && info.drift_reference && dims[0] == info.drift_reference->channels()) {
+      channels = dims[0];
+      pixels = dims[1] * dims[2];
+    }
+    auto t = std::make_shared<DriftTracker>(info, info.drift_reference, channels, pixels,
+                                            options_.drift_window_size,
+                                            std::chrono::seconds(options_.drift_window_seconds),
+                                            registry_);
+    if (t->has_reference()) {
+      registry_->OnRender(std::weak_ptr<void>(t), [w = std::weak_ptr<DriftTracker>(t)] {
+        if (auto alive = w.lock()) alive->Publish();
+      });
+    }
+    return t;
+  }
+
+  // kiln_model_ready for each version of `entry` (1 READY, 0 not), and none left for versions
+  // `old` had that `entry` has not (a model-level failure is version "").
+  void PublishReady(const std::string& name, const ModelEntry& old, const ModelEntry& entry) {
+    const char* help = "1 when the model version is READY, 0 when it failed to load";
+    auto labels = [&](const std::string& v) { return metrics::Labels{{"model", name}, {"version", v}}; };
+    for (const auto& [v, s] : old.versions) {
+      if (entry.versions.count(v) == 0) registry_->Remove("kiln_model_ready", labels(std::to_string(v)));
+    }
+    const bool model_failed = entry.loaded && entry.versions.empty();
+    if (!model_failed) registry_->Remove("kiln_model_ready", labels(""));
+    if (model_failed) registry_->Gauge("kiln_model_ready", help, labels(""))->Set(0);
+    for (const auto& [v, s] : entry.versions) {
+      registry_->Gauge("kiln_model_ready", help, labels(std::to_string(v)))->Set(s.model ? 1 : 0);
+    }
   }
 
   // Loads one version folder into a ready ModelVersion.
@@ -780,6 +833,15 @@ class EngineImpl : public Engine {
       info->normalization.mean.assign(3, 0.f);
       info->normalization.std.assign(3, 1.f);
     }
+    if (kiln_meta.drift_reference) {
+      if (kiln_meta.drift_reference->classes() == info->output_elements) {
+        info->drift_reference = std::move(kiln_meta.drift_reference);
+      } else {
+        info->warnings.push_back("drift reference ignored: it has " +
+                                 std::to_string(kiln_meta.drift_reference->classes()) +
+                                 " classes, the output " + std::to_string(info->output_elements));
+      }
+    }
     info->config = config;
     int64_t max_queue = options_.max_queue_size;
     auto timeout = std::chrono::duration_cast<Clock::duration>(
@@ -794,8 +856,12 @@ class EngineImpl : public Engine {
     }
     auto handles = Handles(*info);
     handles.load_secs->Set(std::chrono::duration<double>(Clock::now() - start).count());
+    registry_
+        ->Gauge("kiln_queue_capacity", "Requests the model version's queue holds at most",
+                {{"model", info->name}, {"version", std::to_string(info->version)}})
+        ->Set(static_cast<double>(max_queue));
     return std::make_shared<ModelVersion>(info, std::move(backends), max_queue, timeout,
-                                          std::move(handles));
+                                          std::move(handles), MakeDriftTracker(*info));
   }
 
   // (Re)loads a model: reads its config and versions, loads them all, then swaps them in.
@@ -876,6 +942,7 @@ class EngineImpl : public Engine {
       auto& slot = models_[name];
       old = std::move(slot);
       slot = std::move(entry);
+      PublishReady(name, old, slot);
     }
     Retire(old);
   }
@@ -890,6 +957,7 @@ class EngineImpl : public Engine {
       old = std::move(it->second);
       it->second = ModelEntry{};
       it->second.reason = reason;
+      PublishReady(name, old, it->second);
     }
     Retire(old);
   }
@@ -944,6 +1012,10 @@ Status EngineOptions::Validate() const {
   if (max_queue_size < 1) return InvalidArgumentError("--max-queue-size must be >= 1");
   if (request_timeout_ms < 1) return InvalidArgumentError("--request-timeout-ms must be >= 1");
   if (threads < 1) return InvalidArgumentError("--threads must be >= 1");
+  if (drift_window_size < 0 || drift_window_size > 10'000'000) {
+    return InvalidArgumentError("--drift-window-size must be in [0, 10000000]");
+  }
+  if (drift_window_seconds < 1) return InvalidArgumentError("--drift-window-seconds must be >= 1");
   return Status::Ok();
 }
 

@@ -67,7 +67,7 @@ unsigned HttpCodeFromStatus(const Status& s) {
 }
 
 Response Error(unsigned code, const std::string& message) {
-  return {code, "application/json", json{{"error", message}}.dump(), {}};
+  return {code, "application/json", json{{"error", message}}.dump(-1, ' ', false, json::error_handler_t::replace), {}};
 }
 Response Error(const Status& s) { return Error(HttpCodeFromStatus(s), s.message()); }
 Response Json(const json& j, unsigned code = 200) {
@@ -176,6 +176,20 @@ std::string Label(const ModelInfo& m, int64_t c) {
                                                    : std::to_string(c);
 }
 
+// The page's icon: a kiln (a dome with a glowing door).
+constexpr std::string_view kFavicon =
+    R"(<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">)"
+    R"(<path d="M3 29V17a13 13 0 0 1 26 0v12z" fill="#8a4b2d"/>)"
+    R"(<path d="M11 29v-7a5 5 0 0 1 10 0v7z" fill="#f5a623"/></svg>)";
+
+// What /stats counts as an error: what an operator would call one, a request the server failed
+// (5xx) or an inference a client did not get (any 4xx of /infer or /predict). A 404 for a path
+// nobody serves (a browser's own probes) is a client error, not a server error.
+bool IsError(const std::string& handler, unsigned code) {
+  if (code >= 500) return true;
+  return code >= 400 && (handler.ends_with("/infer") || handler == "/predict");
+}
+
 // Recent inference requests, for /stats (images/s and latency percentiles over the last minute).
 class Window {
  public:
@@ -260,7 +274,8 @@ class Server {
                     metrics::DefaultLatencyBuckets())
         ->Observe(seconds);
     requests_.fetch_add(1);
-    if (code >= 400) errors_.fetch_add(1);
+    if (IsError(handler, code)) errors_.fetch_add(1);
+    if (code >= 400 && code < 500) client_errors_.fetch_add(1);
   }
   void RecordInference(double seconds, int64_t images) { window_.Add(seconds, images); }
 
@@ -273,13 +288,15 @@ class Server {
   Response Health();
   Response Stats();
   Response ModelStatsJson(const std::string& model, const std::string& version);
+  Response ModelDriftJson(const std::string& model, const std::string& version);
+  json DriftSummary(const std::string& model, const std::string& version);
   Response ModelMetadata(const std::string& model, const std::string& version);
 
   HttpOptions opt_;
   Engine* engine_;
   metrics::Registry* registry_;
   Window window_;
-  std::atomic<uint64_t> requests_{0}, errors_{0};
+  std::atomic<uint64_t> requests_{0}, errors_{0}, client_errors_{0};
   std::atomic<bool> draining_{false};
   const Clock::time_point started_ = Clock::now();
   std::optional<tcp::acceptor> http_acceptor_, metrics_acceptor_;
@@ -590,6 +607,12 @@ void Server::Dispatch(Request req, Reply reply, bool metrics_only, std::string* 
     if (!only("GET")) return;
     return reply({200, "text/plain; version=0.0.4; charset=utf-8", registry_->Render(), {}});
   }
+  if (path == "/favicon.ico" || path == "/favicon.svg") {
+    // Browsers ask for it on every page load; a 404 here would read as an error.
+    *handler = "/favicon";
+    if (!only("GET")) return;
+    return reply({200, "image/svg+xml", std::string(kFavicon), {}});
+  }
   if (path == "/" || path == "/index.html") {
     *handler = "/";
     if (!only("GET")) return;
@@ -712,6 +735,11 @@ void Server::Dispatch(Request req, Reply reply, bool metrics_only, std::string* 
       if (!only("GET")) return;
       return reply(ModelStatsJson(model, version));
     }
+    if (action == "drift") {
+      *handler = base + "/drift";
+      if (!only("GET")) return;
+      return reply(ModelDriftJson(model, version));
+    }
     if (action == "infer") {
       *handler = base + "/infer";
       if (!only("POST")) return;
@@ -746,6 +774,55 @@ Response Server::ModelMetadata(const std::string& model, const std::string& vers
                 {{{"name", m.output_name},
                   {"datatype", KServeDataType(c.output(0).data_type())},
                   {"shape", BatchedShape(m, m.output_dims)}}}}});
+}
+
+// GET /v2/models/{m}[/versions/{v}]/drift: the window, the reference and the scores that
+// /metrics exports as kiln_drift_* (same computation).
+Response Server::ModelDriftJson(const std::string& model, const std::string& version) {
+  auto d = engine_->Drift(model, version);
+  if (!d.ok()) return Error(d.status());
+  auto f = engine_->Find(model, version);
+  const std::vector<std::string> labels = f.ok() ? (*f)->labels : std::vector<std::string>{};
+  auto by_class = [&](const std::vector<double>& v) {
+    json o = json::object();
+    for (size_t c = 0; c < v.size(); ++c) o[c < labels.size() ? labels[c] : std::to_string(c)] = v[c];
+    return o;
+  };
+  json out = {{"model_name", d->name},
+              {"model_version", d->version},
+              {"confidence_bounds", drift::ConfidenceBounds()},
+              {"window",
+               {{"max_predictions", d->window_size},
+                {"max_seconds", d->window_seconds},
+                {"predictions", d->window.count}}},
+              {"reference", nullptr},
+              {"scores", nullptr}};
+  if (!d->reference) {
+    out["note"] = "the model has no drift reference (kiln.drift_reference): export it with "
+                  "kiln export to get drift scores";
+    return Json(out);
+  }
+  const auto& r = *d->reference;
+  const auto& w = d->window;
+  out["window"]["class_counts"] = by_class(w.class_counts);
+  out["window"]["confidence_counts"] = w.confidence_counts;
+  out["reference"] = {{"images", r.images},
+                      {"source", r.source},
+                      {"class_share", by_class(r.class_share)},
+                      {"confidence_share", r.confidence_share},
+                      {"mean_confidence", r.mean_confidence},
+                      {"channel_mean", r.channel_mean},
+                      {"channel_std", r.channel_std}};
+  const auto& s = d->scores;
+  out["scores"] = {{"class_psi", s.class_psi},
+                   {"class_js_divergence", s.class_js},
+                   {"class_chi2", s.class_chi2},
+                   {"class_chi2_pvalue", s.class_chi2_pvalue},
+                   {"confidence_psi", s.confidence_psi},
+                   {"mean_confidence", s.mean_confidence},
+                   {"reference_mean_confidence", r.mean_confidence},
+                   {"input_mean_zscore", s.input_z}};
+  return Json(out);
 }
 
 json DurationJson(const Duration& d) { return {{"count", d.count}, {"ns", d.ns}}; }
@@ -802,10 +879,25 @@ Response Server::Health() {
                {"models", models}});
 }
 
+// The drift scores the page shows (null when the model has none).
+json Server::DriftSummary(const std::string& model, const std::string& version) {
+  auto d = engine_->Drift(model, version);
+  if (!d.ok() || !d->reference) return nullptr;
+  double z = 0;
+  for (double v : d->scores.input_z) z = std::max(z, std::abs(v));
+  return {{"predictions", d->scores.samples},
+          {"class_psi", d->scores.class_psi},
+          {"confidence_psi", d->scores.confidence_psi},
+          {"max_abs_input_z", z},
+          {"mean_confidence", d->scores.mean_confidence},
+          {"reference_mean_confidence", d->reference->mean_confidence}};
+}
+
 Response Server::Stats() {
   json out = window_.Summary();
   out["requests_total"] = requests_.load();
   out["errors_total"] = errors_.load();
+  out["client_errors_total"] = client_errors_.load();
   auto stats = engine_->Statistics("", "");
   json by_class = json::object();
   json models = json::array();
@@ -835,7 +927,8 @@ Response Server::Stats() {
                               : 0.0},
            {"queue_ms_avg", avg_ms(s.queue)},
            {"compute_ms_avg", avg_ms(s.compute_infer)},
-           {"failures", s.fail.count}});
+           {"failures", s.fail.count},
+           {"drift", DriftSummary(s.name, s.version)}});
     }
   }
   out["predictions_by_class"] = by_class;

@@ -1,5 +1,6 @@
 #include "kiln/serve/metrics.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -101,16 +102,36 @@ Series* Registry::Histogram(const std::string& name, const std::string& help,
 
 void Registry::OnRender(std::function<void()> hook) {
   std::lock_guard l(mu_);
-  hooks_.push_back(std::move(hook));
+  hooks_.push_back({std::move(hook), {}, false});
+}
+
+void Registry::OnRender(std::weak_ptr<void> owner, std::function<void()> hook) {
+  std::lock_guard l(mu_);
+  hooks_.push_back({std::move(hook), std::move(owner), true});
+}
+
+void Registry::Remove(const std::string& name, const Labels& labels) {
+  std::lock_guard l(mu_);
+  auto it = families_.find(name);
+  if (it != families_.end()) it->second.series.erase(RenderLabels(labels));
 }
 
 std::string Registry::Render() const {
-  std::vector<std::function<void()>> hooks;
+  std::vector<Hook> hooks;
   {
     std::lock_guard l(mu_);
+    hooks_.erase(std::remove_if(hooks_.begin(), hooks_.end(),
+                                [](const Hook& h) { return h.owned && h.owner.expired(); }),
+                 hooks_.end());
     hooks = hooks_;
   }
-  for (auto& h : hooks) h();
+  for (auto& h : hooks) {
+    if (!h.owned) {
+      h.run();
+    } else if (auto alive = h.owner.lock()) {
+      h.run();
+    }
+  }
   std::lock_guard l(mu_);
   std::string out;
   for (const auto& [name, f] : families_) {
