@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/backend/inference_backend.h"
+#include "kiln/backend/model_metadata.h"
 #include "kiln/optimize/onnx_graph.h"
 #include "kiln/train/evaluate.h"
 #include "../test_util.h"
@@ -73,6 +74,11 @@ TEST(OptimizeCliTest, VariantsAreValidAgreeWithFp32AndTheGateWorks) {
   EXPECT_EQ(m["calibration"]["split"], "train");
   std::map<std::string, json> by_name;
   for (const json& v : m["variants"]) by_name[v["name"].get<std::string>()] = v;
+  auto source = optimize::LoadOnnx(model);
+  KILN_ASSERT_OK(source.status());
+  const std::string source_reference =
+      optimize::GetMetadata(*source, backend::kDriftReferenceKey);
+  EXPECT_FALSE(source_reference.empty()) << "kiln export stores a drift reference";
   for (const char* name :
        {"fp32", "fp32-opt", "int8-static", "int8-dynamic", "pruned-30", "pruned-30-int8"}) {
     SCOPED_TRACE(name);
@@ -92,6 +98,9 @@ TEST(OptimizeCliTest, VariantsAreValidAgreeWithFp32AndTheGateWorks) {
     auto model = optimize::LoadOnnx(file);
     KILN_ASSERT_OK(model.status());
     KILN_EXPECT_OK(optimize::CheckOnnx(*model));
+    // Every variant keeps the exported model's drift reference, unchanged.
+    EXPECT_FALSE(optimize::GetMetadata(*model, backend::kDriftReferenceKey).empty());
+    EXPECT_EQ(optimize::GetMetadata(*model, backend::kDriftReferenceKey), source_reference);
   }
   const json& fp32 = by_name["fp32"];
   const json& int8 = by_name["int8-static"];

@@ -288,7 +288,6 @@ class ModelVersion {
       m_.ml_predictions->Add(static_cast<double>(n));
       m_.ml_infer->Observe(static_cast<double>(infer_ns) * 1e-9);
       m_.h_compute->Observe(static_cast<double>(in_ns + infer_ns + out_ns) * 1e-9);
-      if (drift_) drift_->Add(out.data(), n, per, in.data());
       // Predictions by class: the arg-max of each output row (every served model classifies).
       const int64_t classes = per;
       for (int64_t r = 0; r < n && classes > 0; ++r) {
@@ -324,6 +323,8 @@ class ModelVersion {
         p->done(s, {});
       }
     }
+    // Drift statistics from the batch's own buffers, after the answers are on their way.
+    if (s.ok() && drift_) drift_->Add(out.data(), n, per, in.data());
   }
 
   std::shared_ptr<const ModelInfo> info_;
