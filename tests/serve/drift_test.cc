@@ -193,6 +193,18 @@ TEST_F(DriftTest, ReferenceAndHistogramsAreExportedForRecomputationAcrossReplica
   EXPECT_GE(Metric("kiln_prediction_confidence_count"), 64);
   EXPECT_NEAR(Metric("kiln_drift_reference_mean_confidence"),
               d["reference"]["mean_confidence"].get<double>(), 1e-9);
+  // /stats (the web page's live panel) carries the same scores per model version.
+  const json stats = json::parse(Http(server_->url() + "/stats").body);
+  bool seen = false;
+  for (const json& m : stats["models"]) {
+    if (m["name"] != "cifar") continue;
+    seen = true;
+    ASSERT_TRUE(m["drift"].is_object()) << m.dump();
+    EXPECT_NEAR(m["drift"]["class_psi"].get<double>(), Drift()["scores"]["class_psi"].get<double>(),
+                1e-9);
+    EXPECT_EQ(m["drift"]["predictions"], Drift()["window"]["predictions"]);
+  }
+  EXPECT_TRUE(seen) << stats.dump();
 }
 
 TEST_F(DriftTest, ModelWithoutReferenceHasNoScoresAndSaysWhy) {
@@ -200,6 +212,11 @@ TEST_F(DriftTest, ModelWithoutReferenceHasNoScoresAndSaysWhy) {
   const json d = Drift("plain");
   EXPECT_TRUE(d["reference"].is_null());
   EXPECT_TRUE(d["scores"].is_null());
+  for (const json& m : json::parse(Http(server_->url() + "/stats").body)["models"]) {
+    if (m["name"] == "plain") {
+      EXPECT_TRUE(m["drift"].is_null()) << m.dump();
+    }
+  }
   EXPECT_NE(d["note"].get<std::string>().find("no drift reference"), std::string::npos);
   auto metrics = Http(server_->metrics_url() + "/metrics").body;
   EXPECT_EQ(metrics.find("kiln_drift_class_psi{model=\"plain\""), std::string::npos);
