@@ -56,8 +56,10 @@ PACKAGES=(
   # tests and benchmarks; python3-torch is the PyTorch baseline `kiln bench` compares against
   libgtest-dev libgmock-dev libbenchmark-dev python3-torch
   # serving: Boost.Beast/Asio (headers), gRPC (grpc++ and protoc's grpc_cpp_plugin), promtool
-  # for the metrics test
-  libboost-dev libgrpc++-dev protobuf-compiler-grpc prometheus
+  # for the metrics test; monitoring (deploy/prometheus tests): amtool, node-exporter and the
+  # nginx exporter
+  libboost-dev libgrpc++-dev protobuf-compiler-grpc prometheus prometheus-alertmanager
+  prometheus-node-exporter prometheus-nginx-exporter
   # serving benchmarks and the browser test: wrk, the FastAPI baseline, headless Chromium
   wrk chromium python3-fastapi python3-uvicorn python3-multipart python3-pil
 )
