@@ -176,16 +176,25 @@ EOF
   say "ONNX Runtime provisioned (library ${ORT_NPM_VERSION}, headers ${ORT_DEB_VERSION})"
 fi
 
-# playwright-core (drives Debian's chromium in the web page test), into the git-ignored
-# node_modules/ with its install script disabled (it would download browsers).
+# Node packages, into the git-ignored node_modules/ in one `npm install` (a second --no-save
+# install would remove the first's): playwright-core (drives Debian's chromium in the web page
+# test; its install script is disabled, it would download browsers), and typescript with
+# @grafana/schema (the Grafana dashboard is type-checked against Grafana's published Dashboard
+# type in tests/deploy/dashboard_test.py).
 PLAYWRIGHT_VERSION=1.65.1
-if [ "$(node -p "require('$ROOT/node_modules/playwright-core/package.json').version" 2>/dev/null)" != "$PLAYWRIGHT_VERSION" ]; then
-  [ "$CHECK_ONLY" -eq 1 ] && { echo "playwright-core $PLAYWRIGHT_VERSION missing in node_modules/"; exit 1; }
-  say "installing playwright-core $PLAYWRIGHT_VERSION into node_modules/"
+TYPESCRIPT_VERSION=5.9.3
+GRAFANA_SCHEMA_VERSION=13.2.3
+node_version() { node -p "require('$ROOT/node_modules/$1/package.json').version" 2>/dev/null; }
+if [ "$(node_version playwright-core)" != "$PLAYWRIGHT_VERSION" ] ||
+   [ "$(node_version typescript)" != "$TYPESCRIPT_VERSION" ] ||
+   [ "$(node_version @grafana/schema)" != "$GRAFANA_SCHEMA_VERSION" ]; then
+  [ "$CHECK_ONLY" -eq 1 ] && { echo "node packages missing in node_modules/"; exit 1; }
+  say "installing playwright-core $PLAYWRIGHT_VERSION, typescript $TYPESCRIPT_VERSION, @grafana/schema $GRAFANA_SCHEMA_VERSION into node_modules/"
   npm install --prefix "$ROOT" --no-save --no-package-lock --ignore-scripts \
-    "playwright-core@$PLAYWRIGHT_VERSION" >/dev/null
+    "playwright-core@$PLAYWRIGHT_VERSION" "typescript@$TYPESCRIPT_VERSION" \
+    "@grafana/schema@$GRAFANA_SCHEMA_VERSION" >/dev/null
 else
-  say "playwright-core $PLAYWRIGHT_VERSION present"
+  say "node packages present (playwright-core, typescript, @grafana/schema)"
 fi
 
 say "done"

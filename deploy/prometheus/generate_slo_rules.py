@@ -218,7 +218,7 @@ and on (job, instance, model, version)
         "({{ $labels.score }})",
         "On {{ $labels.instance }}, {{ $labels.score }}{{ if $labels.channel }} of channel "
         "{{ $labels.channel }}{{ end }} of {{ $labels.model }} version {{ $labels.version }} is "
-        "{{ $value | printf \"%.3f\" }} (thresholds, provisional: class PSI "
+        "{{ $value | printf \"%.3f\" }} (thresholds: class PSI "
         f"{text(class_psi)}, confidence PSI {text(conf_psi)}, input mean |z| {text(z)}; "
         f"window of at least {text(samples)} predictions).")
     return "\n".join(out) + "\n"
