@@ -47,6 +47,9 @@ kiln_prometheus_test(NAME prometheus_rules_alerts TOOL KILN_PROMTOOL PROGRAM pro
   ARGS test rules tests/alerts_test.yml)
 kiln_prometheus_test(NAME prometheus_rules_slo TOOL KILN_PROMTOOL PROGRAM promtool PACKAGE prometheus
   ARGS test rules tests/slo_test.yml)
+# The drift alert on series recorded from a real kiln serve (in-distribution, then brighter).
+kiln_prometheus_test(NAME prometheus_rules_drift_recorded TOOL KILN_PROMTOOL PROGRAM promtool
+  PACKAGE prometheus ARGS test rules tests/drift_recorded_test.yml)
 kiln_prometheus_test(NAME alertmanager_check_config TOOL KILN_AMTOOL PROGRAM amtool
   PACKAGE prometheus-alertmanager ARGS check-config alertmanager.yml)
 # rules/kiln_slo.rules.yml is what generate_slo_rules.py writes from slo.toml (regenerated into a
