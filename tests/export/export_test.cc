@@ -10,6 +10,8 @@
 #include "../test_models.h"
 #include "../test_util.h"
 #include "kiln/backend/inference_backend.h"
+#include "kiln/backend/model_metadata.h"
+#include "kiln/export/drift_reference.h"
 #include "kiln/export/onnx_export.h"
 #include "kiln/export/torchscript_export.h"
 #include "kiln/train/evaluate.h"
@@ -83,6 +85,51 @@ TEST(ExportTest, BothEnginesMatchTheTrainedModel) {
     ASSERT_EQ(full_batch.size(), 2U);
     EXPECT_LE((full_batch["onnxruntime"] - full_batch["libtorch"]).abs().max().item<float>(),
               1e-4F);
+  }
+}
+
+// The drift reference is the model's own predictions on the given images, and it travels in
+// both formats (ONNX metadata_props, the TorchScript extra file) to what the server reads.
+TEST(ExportTest, DriftReferenceTravelsInBothFormats) {
+  train::Checkpoint ckpt = SmallTrainedModel("seed-cnn");
+  const data::ImageSet images = TestImages(200);
+  auto ref = ComputeDriftReference(ckpt, images, "first 200 test images");
+  KILN_ASSERT_RESULT_OK(ref);
+  EXPECT_EQ(ref->images, 200);
+  ASSERT_EQ(ref->classes(), 10);
+  ASSERT_EQ(ref->channels(), 3);
+  // Class shares: the arg-max distribution of the checkpoint's logits on the same images.
+  auto logits = train::PredictLogits(*ckpt.model, images, ckpt.meta.normalization);
+  KILN_ASSERT_RESULT_OK(logits);
+  const auto top = logits->argmax(1);
+  for (int64_t c = 0; c < 10; ++c) {
+    EXPECT_NEAR(ref->class_share[static_cast<size_t>(c)],
+                top.eq(c).sum().item<double>() / 200.0, 1e-12);
+  }
+  const auto probs = torch::softmax(*logits, 1).amax(1);
+  EXPECT_NEAR(ref->mean_confidence, probs.mean().item<double>(), 1e-5);
+
+  const std::map<std::string, std::string> extra = {
+      {backend::kDriftReferenceKey, backend::DriftReferenceJson(*ref)}};
+  testing::TempDir dir;
+  OnnxExportOptions o;
+  o.extra_metadata = extra;
+  KILN_ASSERT_OK(ExportOnnx(ckpt, o, dir.path() / "model.onnx"));
+  KILN_ASSERT_OK(ExportTorchScript(ckpt, dir.path() / "model.pt", "", extra));
+  for (const auto& [engine_name, file] :
+       {std::pair<std::string, std::string>{"onnxruntime", "model.onnx"},
+        std::pair<std::string, std::string>{"libtorch", "model.pt"}}) {
+    SCOPED_TRACE(engine_name);
+    backend::BackendOptions bo;
+    bo.model_path = (dir.path() / file).string();
+    auto engine = backend::CreateBackend(engine_name, bo);
+    KILN_ASSERT_RESULT_OK(engine);
+    auto meta = backend::ReadKilnMetadata((*engine)->metadata(), bo.model_path);
+    KILN_ASSERT_RESULT_OK(meta);
+    ASSERT_TRUE(meta->drift_reference.has_value());
+    EXPECT_EQ(meta->drift_reference->class_share, ref->class_share);
+    EXPECT_EQ(meta->drift_reference->channel_mean, ref->channel_mean);
+    EXPECT_EQ(meta->drift_reference->source, "first 200 test images");
   }
 }
 

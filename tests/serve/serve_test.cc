@@ -619,6 +619,26 @@ TEST_F(ServeTest, WebPageShowsTheTopLabelInChromium) {
   }
 }
 
+// A byte that is not UTF-8 in a name echoed into an error (%FF decodes to 0xFF) gets a valid
+// JSON error body (the byte replaced), and the server goes on serving.
+TEST_F(ServeTest, NonUtf8InAnErrorMessageIsValidJson) {
+  for (const char* path : {"/v2/models/%FF", "/v2/models/%FF%FE/ready", "/v2/models/a%C3/infer"}) {
+    SCOPED_TRACE(path);
+    HttpRequest r;
+    if (std::string(path).ends_with("/infer")) {
+      r.method = "POST";
+      r.body = "{}";
+    }
+    auto res = Http(Url(path), r);
+    EXPECT_GE(res.status, 400);
+    EXPECT_LT(res.status, 500);
+    auto j = json::parse(res.body, nullptr, /*allow_exceptions=*/false);
+    ASSERT_TRUE(j.is_object()) << res.body;
+    EXPECT_TRUE(j.contains("error")) << res.body;
+  }
+  EXPECT_EQ(Http(Url("/v2/health/live")).status, 200);
+}
+
 // The browser's own GET /favicon.ico gets an icon, and neither it nor a 404 for an unknown path
 // counts as an error in /stats; a failed inference does.
 TEST_F(ServeTest, FaviconAndErrorsAsAnOperatorMeansThem) {
