@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <regex>
+#include <thread>
 
 #include "kiln/backend/model_metadata.h"
 #include "kiln/data/loader.h"
@@ -94,6 +95,14 @@ class DriftTest : public ::testing::Test {
       ASSERT_EQ(res.status, 200) << res.body;
       done += batch;
     }
+    if (model != "cifar") return;
+    // The instance thread adds a batch to the drift window right after sending its answers:
+    // wait until every image sent so far is counted.
+    sent_ += count;
+    for (int i = 0; i < 500 && Metric("kiln_prediction_confidence_count") < sent_; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_GE(Metric("kiln_prediction_confidence_count"), sent_);
   }
 
   static json Drift(const std::string& model = "cifar") {
@@ -122,6 +131,7 @@ class DriftTest : public ::testing::Test {
   static TempDir* dir_;
   static train::Checkpoint* ckpt_;
   static ServerProcess* server_;
+  static inline int64_t sent_ = 0;  // images sent to "cifar"
 };
 TempDir* DriftTest::dir_ = nullptr;
 train::Checkpoint* DriftTest::ckpt_ = nullptr;
