@@ -38,6 +38,11 @@ struct ModelMetadata {
 Result<ModelMetadata> ReadModelMetadata(const backend::InferenceBackend& engine,
                                         const std::string& model_path);
 
+// Opens an exported model file with `backend` ("auto": libtorch for .pt, else onnxruntime).
+Result<std::unique_ptr<backend::InferenceBackend>> OpenModelFile(const std::string& model_path,
+                                                                 const std::string& backend,
+                                                                 int threads);
+
 // The command line kiln was started with (for reports).
 const std::string& CommandLine();
 

@@ -81,12 +81,7 @@ double Quantile(std::vector<double> v, double q) {  // nearest rank
 }
 
 int RunCalibrate(const DriftArgs& a) {
-  std::string engine_name = a.backend;
-  if (engine_name == "auto") engine_name = a.model.ends_with(".pt") ? "libtorch" : "onnxruntime";
-  backend::BackendOptions bo;
-  bo.model_path = a.model;
-  bo.intra_op_threads = a.threads;
-  auto engine = backend::CreateBackend(engine_name, bo);
+  auto engine = OpenModelFile(a.model, a.backend, a.threads);
   if (!engine.ok()) {
     std::cerr << "kiln drift: " << engine.status().ToString() << "\n";
     return kExitFailure;

@@ -30,12 +30,7 @@ struct EvalArgs {
 // and labels come from the file's Kiln metadata.
 Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
     const EvalArgs& a, const data::ImageSet& test) {
-  std::string engine_name = a.backend;
-  if (engine_name == "auto") engine_name = a.model.ends_with(".pt") ? "libtorch" : "onnxruntime";
-  backend::BackendOptions bo;
-  bo.model_path = a.model;
-  bo.intra_op_threads = a.threads;
-  KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(engine_name, bo));
+  KILN_ASSIGN_OR_RETURN(auto engine, OpenModelFile(a.model, a.backend, a.threads));
   KILN_ASSIGN_OR_RETURN(ModelMetadata info, ReadModelMetadata(*engine, a.model));
   if (static_cast<int64_t>(info.labels.size()) != engine->OutputElementsPerSample()) {
     return InvalidArgumentError(a.model + ": " + std::to_string(info.labels.size()) +

@@ -4,6 +4,17 @@
 
 namespace kiln::cli {
 
+Result<std::unique_ptr<backend::InferenceBackend>> OpenModelFile(const std::string& model_path,
+                                                                 const std::string& backend,
+                                                                 int threads) {
+  std::string engine_name = backend;
+  if (engine_name == "auto") engine_name = model_path.ends_with(".pt") ? "libtorch" : "onnxruntime";
+  backend::BackendOptions bo;
+  bo.model_path = model_path;
+  bo.intra_op_threads = threads;
+  return backend::CreateBackend(engine_name, bo);
+}
+
 Result<ModelMetadata> ReadModelMetadata(const backend::InferenceBackend& engine,
                                         const std::string& model_path) {
   KILN_ASSIGN_OR_RETURN(backend::KilnModelMetadata meta,

@@ -86,12 +86,7 @@ Result<Prepared> Prepare(const std::string& path, const data::ImageLimits& limit
 }
 
 int RunPredict(const PredictArgs& a) {
-  std::string engine_name = a.backend;
-  if (engine_name == "auto") engine_name = a.model.ends_with(".pt") ? "libtorch" : "onnxruntime";
-  backend::BackendOptions bo;
-  bo.model_path = a.model;
-  bo.intra_op_threads = a.threads;
-  auto engine = backend::CreateBackend(engine_name, bo);
+  auto engine = OpenModelFile(a.model, a.backend, a.threads);
   if (!engine.ok()) {
     std::cerr << "kiln predict: " << engine.status().ToString() << "\n";
     return kExitFailure;
