@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
-#include <opencv2/imgcodecs.hpp>
 #include <regex>
 #include <thread>
 
@@ -221,32 +220,13 @@ TEST_F(DriftTest, ReferenceAndHistogramsAreExportedForRecomputationAcrossReplica
 // The web page's live panel (headless Chromium, as in serve_test) shows the drift scores of a
 // model with a reference.
 TEST_F(DriftTest, WebPageShowsTheDriftScores) {
-  const fs::path root = fs::path(KILN_SOURCE_DIR);
-  const fs::path script = root / "tests" / "serve" / "web_page_test.mjs";
-  if (!fs::exists(root / "node_modules" / "playwright-core") || !fs::exists("/usr/bin/chromium") ||
-      std::system("command -v node >/dev/null") != 0) {
-    GTEST_SKIP() << "needs node, /usr/bin/chromium and node_modules/playwright-core (setup.sh)";
-  }
   // A full window: the page's own upload then moves the scores by one prediction in 1,000.
   Send(SharedDataset().test, kWindow);
-  const data::ImageSet& test = SharedDataset().test;
-  cv::Mat bgr(32, 32, CV_8UC3);
-  for (int y = 0; y < 32; ++y) {
-    for (int x = 0; x < 32; ++x) {
-      for (int c = 0; c < 3; ++c) bgr.at<cv::Vec3b>(y, x)[2 - c] = test.image(0)[c * 1024 + y * 32 + x];
-    }
-  }
   TempDir dir;
-  const fs::path png = dir.path() / "test0.png";
-  ASSERT_TRUE(cv::imwrite(png.string(), bgr));
-  const std::string cmd = "cd '" + root.string() + "' && node '" + script.string() + "' '" +
-                          server_->url() + "' '" + png.string() + "' cifar 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  ASSERT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
+  const WebPageRun run = RunWebPage(server_->url(), "cifar", dir.path());
+  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+  const std::string& out = run.output;
+  ASSERT_EQ(run.exit_code, 0) << out;
   auto j = json::parse(out.substr(out.find('{')), nullptr, false);
   ASSERT_TRUE(j.is_object()) << out;
   for (const char* row : {"cifar v1 drift: class PSI", "cifar v1 drift: confidence PSI",

@@ -22,6 +22,7 @@
 
 #include "../test_util.h"
 #include "kiln/backend/inference_backend.h"
+#include "kiln/data/image.h"
 #include "kiln/export/onnx_export.h"
 #include "kiln/export/torchscript_export.h"
 #include "kiln/train/checkpoint.h"
@@ -309,6 +310,31 @@ std::unique_ptr<Repository> MakeRepository() {
   Status s = exporter::ExportTorchScript(ckpt, r / "torch" / "1" / "model.pt", "");
   EXPECT_TRUE(s.ok()) << s.ToString();
   return repo;
+}
+
+WebPageRun RunWebPage(const std::string& url, const std::string& model, const fs::path& dir) {
+  WebPageRun run;
+  const fs::path root = fs::path(KILN_SOURCE_DIR);
+  const fs::path script = root / "tests" / "serve" / "web_page_test.mjs";
+  if (!fs::exists(root / "node_modules" / "playwright-core") || !fs::exists("/usr/bin/chromium") ||
+      std::system("command -v node >/dev/null") != 0) {
+    run.skip = "needs node, /usr/bin/chromium and node_modules/playwright-core (setup.sh)";
+    return run;
+  }
+  const data::ImageSet& test = SharedDataset().test;
+  auto png = data::EncodeImage(test.image(0), test.channels, test.height, test.width,
+                               data::ImageFormat::kPng);
+  EXPECT_TRUE(png.ok()) << png.status().ToString();
+  run.png = dir / "test0.png";
+  Write(run.png, png.ok() ? *png : "");
+  const std::string cmd = "cd '" + root.string() + "' && node '" + script.string() + "' '" + url +
+                          "' '" + run.png.string() + "' " + model + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return run;
+  char buf[4096];
+  while (size_t n = fread(buf, 1, sizeof buf, p)) run.output.append(buf, n);
+  run.exit_code = WEXITSTATUS(pclose(p));
+  return run;
 }
 
 // Logits of `batch` samples computed directly by ONNX Runtime, one sample at a time.

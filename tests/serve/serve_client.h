@@ -99,4 +99,17 @@ std::vector<float> RandomInput(int64_t batch, uint32_t seed);
 std::string InferJson(const std::vector<float>& input, int64_t batch,
                       const std::string& extra = "");
 
+// The web page in headless Chromium (tests/serve/web_page_test.mjs, via node and
+// playwright-core): writes test image 0 as `dir`/test0.png, uploads it to `model` through the
+// page and returns the script's output (JSON {top1, bars, latency, live} on success). `skip`
+// says why it could not run (node, /usr/bin/chromium or node_modules/playwright-core missing).
+struct WebPageRun {
+  std::string skip;
+  std::filesystem::path png;
+  int exit_code = -1;
+  std::string output;
+};
+WebPageRun RunWebPage(const std::string& url, const std::string& model,
+                      const std::filesystem::path& dir);
+
 }  // namespace kiln::testing

@@ -577,37 +577,17 @@ TEST_F(ServeTest, WebPageStatsAndHealth) {
 // The web page in headless Chromium (Debian's chromium driven by playwright-core, installed by
 // scripts/setup.sh): upload a real test image, see the top-1 label /predict gives.
 TEST_F(ServeTest, WebPageShowsTheTopLabelInChromium) {
-  const fs::path root = fs::path(KILN_SOURCE_DIR);
-  const fs::path script = root / "tests" / "serve" / "web_page_test.mjs";
-  if (!fs::exists(root / "node_modules" / "playwright-core") || !fs::exists("/usr/bin/chromium") ||
-      std::system("command -v node >/dev/null") != 0) {
-    GTEST_SKIP() << "needs node, /usr/bin/chromium and node_modules/playwright-core (setup.sh)";
-  }
-  // A real CIFAR-10 test image as a PNG.
-  const data::ImageSet& test = testing::SharedDataset().test;
-  cv::Mat bgr(32, 32, CV_8UC3);
-  for (int y = 0; y < 32; ++y) {
-    for (int x = 0; x < 32; ++x) {
-      for (int c = 0; c < 3; ++c) bgr.at<cv::Vec3b>(y, x)[2 - c] = test.image(0)[c * 1024 + y * 32 + x];
-    }
-  }
+  // A real CIFAR-10 test image as a PNG, through the page.
   testing::TempDir dir;
-  const fs::path png = dir.path() / "test0.png";
-  ASSERT_TRUE(cv::imwrite(png.string(), bgr));
-  std::ifstream in(png, std::ios::binary);
+  const testing::WebPageRun run = testing::RunWebPage(server_->url(), "cifar", dir.path());
+  if (!run.skip.empty()) GTEST_SKIP() << run.skip;
+  const std::string& out = run.output;
+  ASSERT_EQ(run.exit_code, 0) << out;
+  std::ifstream in(run.png, std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   auto expected = Http(Url("/predict?model=cifar&top_k=1"), Post(bytes, {"Content-Type: image/png"}));
   ASSERT_EQ(expected.status, 200) << expected.body;
   const std::string label = json::parse(expected.body)["predictions"][0]["label"];
-  const std::string cmd = "cd '" + root.string() + "' && node '" + script.string() + "' '" +
-                          server_->url() + "' '" + png.string() + "' cifar 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  std::string out;
-  char buf[4096];
-  while (size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-  const int rc = WEXITSTATUS(pclose(p));
-  ASSERT_EQ(rc, 0) << out;
   auto j = json::parse(out.substr(out.find('{')), nullptr, false);
   ASSERT_TRUE(j.is_object()) << out;
   EXPECT_EQ(j["top1"], label) << out;
