@@ -17,8 +17,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
+
+from serve_bench import wait_ready  # the same readiness wait as the serving benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,21 +27,6 @@ platform: "onnxruntime_onnx"
 max_batch_size: 32
 dynamic_batching { max_queue_delay_microseconds: 2000 }
 """
-
-
-def wait_ready(url, proc, seconds=60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"kiln serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} not ready after {seconds} s")
 
 
 def main():
