@@ -1,9 +1,15 @@
 // kiln serve
+#include <pthread.h>
+
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <iostream>
 #include <memory>
+#include <thread>
 
 #include "commands.h"
+#include "kiln/serve/admission.h"
 #include "kiln/serve/engine.h"
 #include "kiln/serve/grpc_server.h"
 #include "kiln/serve/http_server.h"
@@ -16,6 +22,7 @@ struct ServeArgs {
   serve::EngineOptions engine;
   serve::HttpOptions http;
   serve::GrpcOptions grpc;
+  serve::AdmissionLimits admission;
   bool grpc_port_given = false;  // --grpc-port on the command line (else the default, 8001)
   std::string control_mode = "none";
 };
@@ -40,15 +47,39 @@ int RunServe(ServeArgs a) {
     std::cerr << "kiln serve: --grpc-port must differ from --port and --metrics-port\n";
     return kExitUsage;
   }
+  if (Status s = a.admission.Validate(); !s.ok()) {
+    std::cerr << "kiln serve: " << s.message() << "\n";
+    return kExitUsage;
+  }
+  if (a.admission.max_bytes < a.http.max_body_bytes) {
+    std::cerr << "kiln serve: --max-inflight-bytes must be at least --max-body-bytes\n";
+    return kExitUsage;
+  }
+  // SIGINT/SIGTERM are taken by this thread (sigwait below): blocked before any thread starts,
+  // so every thread inherits the mask and none is interrupted.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
   serve::metrics::Registry registry;
+  serve::metrics::AddSystemGauges(&registry);
+  serve::Admission admission(a.admission, &registry);
   auto engine = serve::Engine::Create(a.engine, &registry);
   if (!engine.ok()) {
     std::cerr << "kiln serve: " << engine.status().ToString() << "\n";
     return kExitFailure;
   }
+  auto http = serve::HttpServer::Create(a.http, engine->get(), &registry, &admission);
+  if (!http.ok()) {
+    std::cerr << "kiln serve: " << http.status().ToString() << "\n";
+    (*engine)->Shutdown();
+    return kExitFailure;
+  }
   std::unique_ptr<serve::GrpcServer> grpc;
   if (a.grpc.port != 0) {
-    auto started = serve::GrpcServer::Start(a.grpc, engine->get());
+    auto started = serve::GrpcServer::Start(a.grpc, engine->get(), &admission);
     if (started.ok()) {
       grpc = std::move(started).value();
       std::cerr << "kiln serve: gRPC listening on " << a.grpc.host << ":" << grpc->port()
@@ -64,15 +95,33 @@ int RunServe(ServeArgs a) {
                 << "; HTTP serves as usual (--grpc-port 0 turns gRPC off without this warning)\n";
     }
   }
-  Status s = serve::RunHttpServer(a.http, engine->get(), &registry);
-  // RunHttpServer returns after SIGTERM/SIGINT and its own drain: gRPC calls in flight get the
-  // same drain time, then the engine finishes what is queued.
-  if (grpc) grpc->Shutdown(std::chrono::seconds(a.http.drain_timeout_s));
-  (*engine)->Shutdown();
-  if (!s.ok()) {
-    std::cerr << "kiln serve: " << s.ToString() << "\n";
-    return kExitFailure;
+  (*http)->Start();
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  // Shutdown order: the frontends stop taking connections and drain (both at once, each within
+  // --drain-timeout), then the engine finishes what is queued. A second signal ends the drain.
+  const auto drain = std::chrono::seconds(a.http.drain_timeout_s);
+  std::atomic<bool> drained{false};
+  std::thread stopper([&] {
+    std::thread grpc_stop([&] {
+      if (grpc) grpc->Shutdown(drain);
+    });
+    (*http)->Stop(drain);
+    grpc_stop.join();
+    drained = true;
+  });
+  const timespec poll = {0, 50'000'000};
+  while (!drained.load()) {
+    if (sigtimedwait(&signals, nullptr, &poll) > 0) {
+      std::cerr << "kiln serve: second signal, stopping now" << std::endl;
+      (*http)->Abort();
+      if (grpc) grpc->Shutdown(std::chrono::milliseconds(0));
+    }
   }
+  stopper.join();
+  (*engine)->Shutdown();
+  std::cerr << "kiln serve: stopped" << std::endl;
   return 0;  // stopped by SIGINT/SIGTERM after draining
 }
 
@@ -151,6 +200,20 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--max-connections", a->http.max_connections, "Open connections at most")
       ->capture_default_str();
+  cmd->add_option("--max-inflight-requests", a->admission.max_requests,
+                  "Admission budget: requests in flight over HTTP and gRPC together; more are "
+                  "refused at once (HTTP 503 + Retry-After, gRPC RESOURCE_EXHAUSTED)")
+      ->capture_default_str();
+  cmd->add_option("--max-inflight-bytes", a->admission.max_bytes,
+                  "Admission budget: bytes of the requests in flight (bodies / messages)")
+      ->capture_default_str();
+  cmd->add_option("--grpc-max-threads", a->grpc.max_threads,
+                  "gRPC: threads serving RPCs at most (grpc++ resource quota)")
+      ->capture_default_str();
+  cmd->add_option("--grpc-max-stream-outstanding", a->grpc.max_stream_outstanding,
+                  "gRPC ModelStreamInfer: requests of one stream queued or running at most; the "
+                  "stream's reads wait beyond that")
+      ->capture_default_str();
   cmd->add_option("--idle-timeout", a->http.idle_timeout_s,
                   "Seconds a keep-alive connection may wait for its next request")
       ->capture_default_str();
@@ -161,8 +224,10 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
                   "On SIGTERM/SIGINT: seconds to finish requests in flight")
       ->capture_default_str();
   cmd->footer(
-      "Stops on SIGTERM or Ctrl-C: no new connections, requests in flight are answered (HTTP "
-      "first, then gRPC, each within --drain-timeout), exit code 0.");
+      "Stops on SIGTERM or Ctrl-C: no new connections; every request already sent, or sent on "
+      "an open connection during the drain, is answered (HTTP with Connection: close; HTTP and "
+      "gRPC drain together, within --drain-timeout); then the engine finishes its queue; exit "
+      "code 0. A second signal stops at once.");
   cmd->callback([run, a, grpc_port] {
     a->grpc_port_given = grpc_port->count() > 0;
     *run = [a] { return RunServe(*a); };

@@ -21,10 +21,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kiln/core/drift.h"
 #include "kiln/core/status.h"
+#include "kiln/data/image.h"
 #include "kiln/data/loader.h"
 #include "kiln/serve/metrics.h"
 #include "kiln/serve/model_config.h"
@@ -128,6 +130,30 @@ std::string ShapeString(const std::vector<int64_t>& shape);
 // Checks a request's shape for the model's input and returns the batch it carries (1 when
 // max_batch_size is 0). InvalidArgument naming both shapes, or a batch over max_batch_size.
 Result<int64_t> CheckInputShape(const ModelInfo& model, const std::vector<int64_t>& shape);
+// The checks of an inference request both frontends make (one implementation, one wording):
+// the request carries `input_count` inputs; the one input is `name`, `datatype`, `shape`.
+// Returns the batch it carries (CheckInputShape).
+Result<int64_t> CheckInferInput(const ModelInfo& model, size_t input_count,
+                                const std::string& name, const std::string& datatype,
+                                const std::vector<int64_t>& shape);
+// The input's data: `got` values (`unit` "values") or bytes (`unit` "bytes") found in `where`
+// (e.g. "contents.fp32_contents") for `shape`, which carries `batch` elements.
+Status CheckInferDataSize(const ModelInfo& model, const std::vector<int64_t>& shape,
+                          int64_t batch, size_t got, const std::string& unit,
+                          const std::string& where);
+// A requested output's name.
+Status CheckInferOutput(const ModelInfo& model, const std::string& name);
+
+// An uploaded image (PNG, JPEG, GIF, BMP, WebP, ...) as the model's input tensor: decoded within
+// `limits`, resized to the model's [3,H,W] input and normalized as the model was trained.
+// InvalidArgument when the model does not take images or the image is broken.
+struct ImageTimings {
+  double decode_ms = 0, preprocess_ms = 0;
+};
+Result<std::vector<float>> ImageToInput(const ModelInfo& model, std::string_view image,
+                                        const data::ImageLimits& limits,
+                                        ImageTimings* timings = nullptr);
+
 // Triton's classification extension: for each row of `output` (output_elements values each),
 // the min(k, classes) highest values as "<value>:<index>[:<label>]", highest first.
 std::vector<std::string> ClassificationStrings(const ModelInfo& model,
@@ -149,7 +175,9 @@ class Engine {
   virtual std::vector<std::shared_ptr<const ModelInfo>> ReadyModels() = 0;
 
   // Queues `batch` elements (input holds batch * input_elements floats, or exactly the config's
-  // shape for max_batch_size 0). `done` is called exactly once. With `follow_latest` (the
+  // shape for max_batch_size 0). `done` is called exactly once. The engine checks the request
+  // itself (batch in [1, max_batch_size], the input's size): a wrong one fails with
+  // InvalidArgument, whoever the caller. With `follow_latest` (the
   // client named no version), a request that meets a version being replaced goes to the new
   // latest version instead of failing.
   virtual void Infer(const std::shared_ptr<const ModelInfo>& model, std::vector<float> input,

@@ -10,8 +10,8 @@
 //   grpc->Shutdown(std::chrono::seconds(30));
 //   engine->Shutdown();
 //
-// Threads: gRPC's synchronous server, one thread per RPC in progress (grpc++ grows and shrinks
-// its pool). ModelInfer queues the request in the engine and waits for its callback; the
+// Threads: gRPC's synchronous server, one thread per RPC in progress, at most max_threads
+// (grpc++'s resource quota; beyond it RPCs wait). ModelInfer queues the request in the engine and waits for its callback; the
 // callback only fulfils a promise. ModelStreamInfer reads and queues requests as they arrive
 // (so one stream's requests can share a batch) and writes each response when it is done, in
 // completion order. Inference answers with `raw_output_contents`, as Triton does. Errors: a
@@ -28,6 +28,7 @@
 #include <string>
 
 #include "kiln/core/status.h"
+#include "kiln/serve/admission.h"
 #include "kiln/serve/engine.h"
 
 namespace kiln::serve {
@@ -36,6 +37,8 @@ struct GrpcOptions {
   std::string host = "127.0.0.1";        // 0.0.0.0 to listen on every interface
   int port = 8001;                       // 0 = no gRPC server (the caller does not call Start)
   int64_t max_message_bytes = 32 << 20;  // largest request and response message
+  int max_threads = 64;                  // threads serving RPCs (grpc++ resource quota)
+  int64_t max_stream_outstanding = 64;   // a stream's requests queued or running at most
 
   Status Validate() const;
 };
@@ -45,7 +48,10 @@ class GrpcServer {
   // Validates `options`, binds host:port and starts serving. Unavailable (naming the address)
   // when the port cannot be bound, e.g. because another process listens on it: SO_REUSEPORT is
   // off, so two servers never share a port.
-  static Result<std::unique_ptr<GrpcServer>> Start(const GrpcOptions& options, Engine* engine);
+  // Every inference request is admitted against `admission` (optional; not owned, must outlive
+  // the server) as it is received: over budget -> RESOURCE_EXHAUSTED at once.
+  static Result<std::unique_ptr<GrpcServer>> Start(const GrpcOptions& options, Engine* engine,
+                                                   Admission* admission = nullptr);
   virtual ~GrpcServer() = default;
 
   // The port actually bound.

@@ -77,4 +77,8 @@ class Registry {
   mutable std::vector<Hook> hooks_;  // Render() drops those whose owner has gone
 };
 
+// Triton's CPU and memory gauges (nv_cpu_utilization, nv_cpu_memory_total_bytes,
+// nv_cpu_memory_used_bytes), read from /proc at each Render.
+void AddSystemGauges(Registry* r);
+
 }  // namespace kiln::serve::metrics

@@ -71,6 +71,47 @@ struct QueuedRequest {
   InferCallback done;
 };
 
+// Hands a request its answer. A callback that throws must not take an instance thread (and
+// with it the process) down: the exception ends here, reported once.
+void Deliver(const InferCallback& done, Status s, InferResult r) noexcept {
+  try {
+    done(std::move(s), std::move(r));
+  } catch (const std::exception& e) {
+    std::cerr << "kiln serve: an inference callback threw (ignored): " << e.what() << std::endl;
+  } catch (...) {
+    std::cerr << "kiln serve: an inference callback threw (ignored)" << std::endl;
+  }
+}
+
+// Backends return Status, but a third-party engine may still throw: that fails the batch.
+Status RunGuarded(backend::InferenceBackend& b, const float* in, int64_t batch,
+                  float* out) noexcept {
+  try {
+    return b.Run(in, batch, out);
+  } catch (const std::exception& e) {
+    return InternalError(std::string("the inference backend failed: ") + e.what());
+  } catch (...) {
+    return InternalError("the inference backend failed with an unknown exception");
+  }
+}
+
+// What Infer accepts: 1..max_batch_size elements of exactly input_elements floats each (or
+// the config's whole shape, batch 1, for models with max_batch_size 0).
+Status CheckRequestSize(const ModelInfo& m, size_t floats, int64_t batch) {
+  const int64_t max_batch = std::max<int64_t>(1, m.max_batch_size);
+  if (batch < 1 || batch > max_batch) {
+    return InvalidArgumentError("batch " + std::to_string(batch) + " is outside [1, " +
+                                std::to_string(max_batch) + "] for model '" + m.name + "'");
+  }
+  const auto want = static_cast<size_t>(batch * m.input_elements);
+  if (floats != want) {
+    return InvalidArgumentError("the request for model '" + m.name + "' holds " +
+                                std::to_string(floats) + " values; batch " +
+                                std::to_string(batch) + " needs " + std::to_string(want));
+  }
+  return Status::Ok();
+}
+
 struct MetricHandles {
   metrics::Series *success, *fail_rejected, *fail_canceled, *fail_backend, *inference_count,
       *exec_count, *pending, *request_us, *queue_us, *input_us, *infer_us, *output_us, *load_secs,
@@ -115,7 +156,7 @@ class ModelVersion {
       l.unlock();
       m_.fail_rejected->Add(1);
       RecordFail(Clock::now() - p->enqueued);
-      p->done(UnavailableError("model '" + info_->name + "' queue is full (" +
+      Deliver(p->done, UnavailableError("model '" + info_->name + "' queue is full (" +
                                std::to_string(max_queue_) + " requests): retry later"),
               {});
       return true;
@@ -209,7 +250,7 @@ class ModelVersion {
       for (auto& p : expired) {
         m_.fail_canceled->Add(1);
         RecordFail(now - p->enqueued);
-        p->done(UnavailableError("request timed out after waiting " +
+        Deliver(p->done, UnavailableError("request timed out after waiting " +
                                  std::to_string(Ns(now - p->enqueued) / 1000000) +
                                  " ms in the queue of model '" + info_->name + "'"),
                 {});
@@ -232,7 +273,7 @@ class ModelVersion {
     const auto t1 = Clock::now();
     // Models with max_batch_size 0 run their config shape as is (its first dim is the batch).
     const int64_t run_batch = info_->max_batch_size > 0 ? n : 1;
-    Status s = backends_[instance]->Run(in.data(), run_batch, out.data());
+    Status s = RunGuarded(*backends_[instance], in.data(), run_batch, out.data());
     const auto t2 = Clock::now();
     std::vector<InferResult> results(batch.size());
     const int64_t per = info_->output_elements;
@@ -317,10 +358,10 @@ class ModelVersion {
         results[i].compute_infer_ns = infer_ns;
         results[i].compute_output_ns = out_ns;
         results[i].executed_batch = n;
-        p->done(Status::Ok(), std::move(results[i]));
+        Deliver(p->done, Status::Ok(), std::move(results[i]));
       } else {
         m_.fail_backend->Add(1);
-        p->done(s, {});
+        Deliver(p->done, s, {});
       }
     }
     // Drift statistics from the batch's own buffers, after the answers are on their way.
@@ -413,6 +454,11 @@ class EngineImpl : public Engine {
 
   void Infer(const std::shared_ptr<const ModelInfo>& model, std::vector<float> input,
              int64_t batch, InferCallback done, bool follow_latest) override {
+    // The engine trusts no caller: the batch buffer is sized for max_batch_size elements.
+    if (Status bad = CheckRequestSize(*model, input.size(), batch); !bad.ok()) {
+      Deliver(done, bad, {});
+      return;
+    }
     auto p = std::make_unique<QueuedRequest>();
     p->input = std::move(input);
     p->batch = batch;
@@ -424,11 +470,11 @@ class EngineImpl : public Engine {
       auto v = FindVersion(model->name, latest ? "" : std::to_string(model->version));
       if (!v.ok()) {
         if (attempt == 0 && follow_latest) continue;
-        p->done(v.status(), {});
+        Deliver(p->done, v.status(), {});
         return;
       }
-      if ((*v)->info()->input_elements != model->input_elements) {
-        p->done(UnavailableError("model '" + model->name + "' changed while the request was "
+      if (!CheckRequestSize(*(*v)->info(), p->input.size(), p->batch).ok()) {
+        Deliver(p->done, UnavailableError("model '" + model->name + "' changed while the request was "
                                  "prepared; retry"),
                 {});
         return;
@@ -436,14 +482,15 @@ class EngineImpl : public Engine {
       p->deadline = p->enqueued + (*v)->timeout();
       if ((*v)->Enqueue(p)) return;
     }
-    p->done(UnavailableError("model '" + model->name + "' is being unloaded"), {});
+    Deliver(p->done, UnavailableError("model '" + model->name + "' is being unloaded"), {});
   }
 
   std::vector<ModelIndexEntry> Index() override {
+    // The folder is listed before taking the lock that every request takes.
+    const std::vector<std::string> scanned = ScanNames();
     std::lock_guard l(mu_);
     std::vector<ModelIndexEntry> out;
-    std::set<std::string> names;
-    for (const auto& n : ScanNames()) names.insert(n);
+    std::set<std::string> names(scanned.begin(), scanned.end());
     for (const auto& [n, e] : models_) names.insert(n);
     for (const auto& name : names) {
       auto it = models_.find(name);
@@ -1054,6 +1101,63 @@ Result<int64_t> CheckInputShape(const ModelInfo& model, const std::vector<int64_
                                 " does not match the model's " + ShapeString(dims));
   }
   return int64_t{1};
+}
+
+Result<int64_t> CheckInferInput(const ModelInfo& model, size_t input_count,
+                                const std::string& name, const std::string& datatype,
+                                const std::vector<int64_t>& shape) {
+  if (input_count != 1) {
+    return InvalidArgumentError("model '" + model.name + "' expects 1 input, the request has " +
+                                std::to_string(input_count));
+  }
+  if (name != model.input_name) {
+    return InvalidArgumentError("unexpected inference input '" + name + "' for model '" +
+                                model.name + "' (its input is '" + model.input_name + "')");
+  }
+  if (datatype != "FP32") {
+    return InvalidArgumentError("input '" + model.input_name + "' datatype '" + datatype +
+                                "' does not match the model's FP32");
+  }
+  return CheckInputShape(model, shape);
+}
+
+Status CheckInferDataSize(const ModelInfo& model, const std::vector<int64_t>& shape,
+                          int64_t batch, size_t got, const std::string& unit,
+                          const std::string& where) {
+  const size_t elements = static_cast<size_t>(batch * model.input_elements);
+  const size_t want = unit == "bytes" ? elements * sizeof(float) : elements;
+  if (got == want) return Status::Ok();
+  return InvalidArgumentError("input '" + model.input_name + "' has " + std::to_string(got) + " " +
+                              unit + " in " + where + " but shape " + ShapeString(shape) +
+                              " FP32 needs " + std::to_string(want));
+}
+
+Status CheckInferOutput(const ModelInfo& model, const std::string& name) {
+  if (name == model.output_name) return Status::Ok();
+  return InvalidArgumentError("unexpected inference output '" + name + "' for model '" +
+                              model.name + "' (its output is '" + model.output_name + "')");
+}
+
+Result<std::vector<float>> ImageToInput(const ModelInfo& model, std::string_view image,
+                                        const data::ImageLimits& limits, ImageTimings* timings) {
+  std::vector<int64_t> chw = model.input_dims;
+  if (model.max_batch_size == 0 && !chw.empty() && chw[0] == 1) chw.erase(chw.begin());
+  if (chw.size() != 3 || chw[0] != 3) {
+    return InvalidArgumentError("model '" + model.name + "' does not take images (input " +
+                                ShapeString(model.input_dims) + ", expected [3,H,W])");
+  }
+  if (image.empty()) return InvalidArgumentError("empty image");
+  const auto t0 = Clock::now();
+  KILN_ASSIGN_OR_RETURN(data::RgbImage img, data::DecodeImage(image, limits));
+  const auto t1 = Clock::now();
+  std::vector<float> tensor(static_cast<size_t>(model.input_elements));
+  KILN_RETURN_IF_ERROR(
+      data::PreprocessImage(img, chw[1], chw[2], model.normalization, tensor.data()));
+  if (timings != nullptr) {
+    timings->decode_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+    timings->preprocess_ms = std::chrono::duration<double, std::milli>(Clock::now() - t1).count();
+  }
+  return tensor;
 }
 
 std::vector<std::string> ClassificationStrings(const ModelInfo& model,

@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include <algorithm>
 #include <atomic>
@@ -100,21 +101,12 @@ Result<Prepared> Prepare(Engine* engine, const inference::ModelInferRequest& req
   p.model = model;
   p.id = req.id();
   p.follow_latest = req.model_version().empty();
-  if (req.inputs_size() != 1) {
-    return InvalidArgumentError("model '" + m.name + "' expects 1 input, the request has " +
-                                std::to_string(req.inputs_size()));
-  }
-  const auto& in = req.inputs(0);
-  if (in.name() != m.input_name) {
-    return InvalidArgumentError("unexpected inference input '" + in.name() + "' for model '" +
-                                m.name + "' (its input is '" + m.input_name + "')");
-  }
-  if (in.datatype() != "FP32") {
-    return InvalidArgumentError("input '" + m.input_name + "' datatype '" + in.datatype() +
-                                "' does not match the model's FP32");
-  }
+  const auto& in = req.inputs_size() > 0
+                        ? req.inputs(0)
+                        : inference::ModelInferRequest::InferInputTensor::default_instance();
   const std::vector<int64_t> shape(in.shape().begin(), in.shape().end());
-  KILN_ASSIGN_OR_RETURN(p.batch, CheckInputShape(m, shape));
+  KILN_ASSIGN_OR_RETURN(p.batch, CheckInferInput(m, static_cast<size_t>(req.inputs_size()),
+                                                 in.name(), in.datatype(), shape));
   const size_t elements = static_cast<size_t>(p.batch * m.input_elements);
   if (req.raw_input_contents_size() > 0) {
     // Triton's rule: raw_input_contents holds every input, and then no input has contents.
@@ -129,12 +121,8 @@ Result<Prepared> Prepare(Engine* engine, const inference::ModelInferRequest& req
                                   std::to_string(req.inputs_size()) + " input(s)");
     }
     const std::string& raw = req.raw_input_contents(0);
-    if (raw.size() != elements * sizeof(float)) {
-      return InvalidArgumentError("input '" + m.input_name + "': raw_input_contents has " +
-                                  std::to_string(raw.size()) + " bytes but shape " +
-                                  ShapeString(shape) + " FP32 needs " +
-                                  std::to_string(elements * sizeof(float)));
-    }
+    KILN_RETURN_IF_ERROR(
+        CheckInferDataSize(m, shape, p.batch, raw.size(), "bytes", "raw_input_contents"));
     p.input.resize(elements);
     std::memcpy(p.input.data(), raw.data(), raw.size());
   } else {
@@ -143,19 +131,12 @@ Result<Prepared> Prepare(Engine* engine, const inference::ModelInferRequest& req
                                   "' has neither contents nor raw_input_contents");
     }
     const auto& values = in.contents().fp32_contents();
-    if (static_cast<size_t>(values.size()) != elements) {
-      return InvalidArgumentError("input '" + m.input_name + "' has " +
-                                  std::to_string(values.size()) +
-                                  " values in contents.fp32_contents but shape " +
-                                  ShapeString(shape) + " needs " + std::to_string(elements));
-    }
+    KILN_RETURN_IF_ERROR(CheckInferDataSize(m, shape, p.batch, static_cast<size_t>(values.size()),
+                                            "values", "contents.fp32_contents"));
     p.input.assign(values.begin(), values.end());
   }
   for (const auto& out : req.outputs()) {
-    if (out.name() != m.output_name) {
-      return InvalidArgumentError("unexpected inference output '" + out.name() + "' for model '" +
-                                  m.name + "' (its output is '" + m.output_name + "')");
-    }
+    KILN_RETURN_IF_ERROR(CheckInferOutput(m, out.name()));
     const auto it = out.parameters().find("classification");
     if (it == out.parameters().end()) continue;
     const auto& v = it->second;
@@ -209,7 +190,8 @@ void BuildResponse(const Prepared& p, const InferResult& r, inference::ModelInfe
 
 class Service final : public inference::GRPCInferenceService::Service {
  public:
-  explicit Service(Engine* engine) : engine_(engine) {}
+  Service(Engine* engine, Admission* admission, int64_t max_stream_outstanding)
+      : engine_(engine), admission_(admission), max_stream_outstanding_(max_stream_outstanding) {}
 
   void BeginShutdown() { shutting_down_ = true; }
 
@@ -273,6 +255,9 @@ class Service final : public inference::GRPCInferenceService::Service {
   grpc::Status ModelInfer(grpc::ServerContext* ctx, const inference::ModelInferRequest* req,
                           inference::ModelInferResponse* resp) override {
     return Guard([&] {
+      // Admitted as received: the message is in memory, nothing is queued yet.
+      auto ticket = Admit(*req);
+      if (!ticket.ok()) return ToGrpc(ticket.status());
       auto p = Prepare(engine_, *req);
       if (!p.ok()) return ToGrpc(p.status());
       struct Outcome {
@@ -328,6 +313,7 @@ class Service final : public inference::GRPCInferenceService::Service {
           f = std::move(st->finished.front());
           st->finished.pop_front();
         }
+        st->cv.notify_all();  // the reader may be waiting for room
         if (!writable) continue;  // the client is gone: drain what the engine still answers
         inference::ModelStreamInferResponse resp;
         if (f.status.ok()) {
@@ -453,7 +439,23 @@ class Service final : public inference::GRPCInferenceService::Service {
     };
     try {
       inference::ModelInferRequest req;
-      while (stream->Read(&req)) {
+      for (;;) {
+        {
+          // Back-pressure: a stream has at most max_stream_outstanding requests queued or
+          // running (and their answers waiting to be written); beyond that it is not read, so
+          // HTTP/2 flow control holds the client.
+          std::unique_lock l(st->mu);
+          st->cv.wait(l, [&] {
+            return st->outstanding + static_cast<int64_t>(st->finished.size()) <
+                   max_stream_outstanding_;
+          });
+        }
+        if (!stream->Read(&req)) break;
+        auto ticket = Admit(req);
+        if (!ticket.ok()) {
+          finish({nullptr, ticket.status(), {}, req.model_name(), req.id()}, false);
+          continue;
+        }
         auto p = Prepare(engine_, req);
         if (!p.ok()) {
           finish({nullptr, p.status(), {}, req.model_name(), req.id()}, false);
@@ -465,9 +467,11 @@ class Service final : public inference::GRPCInferenceService::Service {
           std::lock_guard l(st->mu);
           ++st->outstanding;
         }
+        auto held = std::make_shared<Admission::Ticket>(std::move(ticket).value());
         engine_->Infer(
             request->model, std::move(input), request->batch,
-            [finish, request](Status s, InferResult r) {
+            [finish, request, held](Status s, InferResult r) {
+              held->Release();
               finish({request, std::move(s), std::move(r), request->model->name, request->id},
                      true);
             },
@@ -482,13 +486,26 @@ class Service final : public inference::GRPCInferenceService::Service {
     st->cv.notify_all();
   }
 
+  Result<Admission::Ticket> Admit(const inference::ModelInferRequest& req) {
+    if (admission_ == nullptr) return Admission::Ticket();
+    auto t = admission_->Admit(static_cast<int64_t>(req.ByteSizeLong()), "grpc");
+    // gRPC's word for "over budget, retry later" is RESOURCE_EXHAUSTED.
+    if (!t.ok() && t.status().code() == StatusCode::kUnavailable) {
+      return ResourceExhaustedError(t.status().message());
+    }
+    return t;
+  }
+
   Engine* engine_;
+  Admission* admission_;
+  const int64_t max_stream_outstanding_;
   std::atomic<bool> shutting_down_{false};
 };
 
 class GrpcServerImpl final : public GrpcServer {
  public:
-  explicit GrpcServerImpl(Engine* engine) : service_(engine) {}
+  GrpcServerImpl(Engine* engine, Admission* admission, const GrpcOptions& o)
+      : service_(engine, admission, o.max_stream_outstanding) {}
   ~GrpcServerImpl() override { Shutdown(std::chrono::milliseconds(0)); }
 
   Status Init(const GrpcOptions& o) {
@@ -502,6 +519,11 @@ class GrpcServerImpl final : public GrpcServer {
     builder.RegisterService(&service_);
     builder.SetMaxReceiveMessageSize(static_cast<int>(o.max_message_bytes));
     builder.SetMaxSendMessageSize(static_cast<int>(o.max_message_bytes));
+    // The synchronous server's threads are capped: past the quota, new RPCs wait in grpc's
+    // queue instead of each getting a thread.
+    grpc::ResourceQuota quota("kiln-grpc");
+    quota.SetMaxThreads(o.max_threads);
+    builder.SetResourceQuota(quota);
     // gRPC sets SO_REUSEPORT by default: a second server on the same port would then start and
     // silently take half of the connections. Off, so a taken port is an error.
     builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -549,15 +571,20 @@ Status GrpcOptions::Validate() const {
     return InvalidArgumentError("--grpc-max-message-bytes must be in [1, " +
                                 std::to_string(INT_MAX) + "]");
   }
+  if (max_threads < 4) return InvalidArgumentError("--grpc-max-threads must be at least 4");
+  if (max_stream_outstanding < 1) {
+    return InvalidArgumentError("--grpc-max-stream-outstanding must be positive");
+  }
   return Status::Ok();
 }
 
-Result<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcOptions& options, Engine* engine) {
+Result<std::unique_ptr<GrpcServer>> GrpcServer::Start(const GrpcOptions& options, Engine* engine,
+                                                      Admission* admission) {
   KILN_RETURN_IF_ERROR(options.Validate());
   if (options.port == 0) return InvalidArgumentError("gRPC port 0 means no gRPC server");
   if (engine == nullptr) return InvalidArgumentError("GrpcServer::Start without an engine");
   try {
-    auto server = std::make_unique<GrpcServerImpl>(engine);
+    auto server = std::make_unique<GrpcServerImpl>(engine, admission, options);
     KILN_RETURN_IF_ERROR(server->Init(options));
     return std::unique_ptr<GrpcServer>(std::move(server));
   } catch (const std::exception& e) {

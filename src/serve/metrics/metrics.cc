@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <fstream>
+#include <memory>
+#include <mutex>
 #include <cmath>
 
 namespace kiln::serve::metrics {
@@ -157,6 +160,43 @@ std::string Registry::Render() const {
     }
   }
   return out;
+}
+
+// CPU and memory gauges of Triton's family, read from /proc at scrape time.
+void AddSystemGauges(Registry* r) {
+  auto* cpu = r->Gauge("nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", {});
+  auto* total = r->Gauge("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", {});
+  auto* used = r->Gauge("nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", {});
+  auto last = std::make_shared<std::pair<uint64_t, uint64_t>>(0, 0);  // busy, total jiffies
+  auto mu = std::make_shared<std::mutex>();
+  r->OnRender([cpu, total, used, last, mu] {
+    std::ifstream stat("/proc/stat");
+    std::string tag;
+    uint64_t v[8] = {};
+    stat >> tag;
+    for (auto& x : v) stat >> x;
+    const uint64_t idle = v[3] + v[4];
+    uint64_t all = 0;
+    for (auto x : v) all += x;
+    {
+      std::lock_guard l(*mu);
+      if (all > last->second) {
+        const double d_all = static_cast<double>(all - last->second);
+        const double d_busy = static_cast<double>((all - idle) - last->first);
+        cpu->Set(std::clamp(d_busy / d_all, 0.0, 1.0));
+      }
+      *last = {all - idle, all};
+    }
+    std::ifstream mem("/proc/meminfo");
+    std::string key, unit;
+    uint64_t value = 0, mem_total = 0, mem_avail = 0;
+    while (mem >> key >> value >> unit) {
+      if (key == "MemTotal:") mem_total = value * 1024;
+      if (key == "MemAvailable:") mem_avail = value * 1024;
+    }
+    total->Set(static_cast<double>(mem_total));
+    used->Set(static_cast<double>(mem_total - std::min(mem_total, mem_avail)));
+  });
 }
 
 }  // namespace kiln::serve::metrics
