@@ -219,14 +219,16 @@ int RunLoadgen(const LoadgenArgs& a) {
            "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
            "response wait\n";
   }
-  std::printf("%-12s %12s %10s %10s %10s %10s %10s %10s %8s%s\n",
+  std::printf("%-12s %12s %10s %10s %10s %10s %10s %10s %8s %8s%s\n",
               rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
-              "p99 ms", "queue ms", "compute ms", "errors", rate_mode ? "  late" : "");
+              "p99 ms", "queue ms", "compute ms", "errors", "refused", rate_mode ? "  late" : "");
   for (double level : *levels) {
     if (StopRequested()) return kExitInterrupted;
     std::mutex mu;
     std::vector<double> latencies;  // seconds, current window
-    std::atomic<int64_t> errors{0}, late{0}, sent{0};
+    // Answered 503 (refused: queue full, admission budget, shutting down), with their latencies.
+    std::vector<double> refused_latencies;
+    std::atomic<int64_t> errors{0}, late{0}, sent{0}, refused{0};
     std::atomic<bool> stop{false};
     std::vector<std::thread> clients;
     // Rate mode: each sender takes the next request's index and due time together; the due
@@ -273,6 +275,12 @@ int RunLoadgen(const LoadgenArgs& a) {
           ++sent;
           const long status = h.Request(a.url + path, &b, headers, &out);
           const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+          if (status == 503) {
+            ++refused;
+            std::lock_guard l(mu);
+            refused_latencies.push_back(s);
+            continue;
+          }
           if (status != 200) {
             ++errors;
             continue;
@@ -343,11 +351,20 @@ int RunLoadgen(const LoadgenArgs& a) {
       late_column =
           "  " + std::to_string(sent.load() > 0 ? 100 * late.load() / sent.load() : 0) + "%";
     }
-    std::printf("%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld%s%s\n", level,
-                last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
+    std::printf("%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld %8lld%s%s\n",
+                level, last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
                 last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
-                static_cast<long long>(errors.load()), late_column.c_str(),
-                stable ? "" : "  (not stable)");
+                static_cast<long long>(errors.load()), static_cast<long long>(refused.load()),
+                late_column.c_str(), stable ? "" : "  (not stable)");
+    if (!refused_latencies.empty()) {
+      std::lock_guard l(mu);
+      std::printf("  refused (503): %lld of %lld sent (%.1f%%), answered in p50 %.2f ms, p99 %.2f ms\n",
+                  static_cast<long long>(refused.load()), static_cast<long long>(sent.load()),
+                  100.0 * static_cast<double>(refused.load()) /
+                      static_cast<double>(std::max<int64_t>(1, sent.load())),
+                  Percentile(refused_latencies, 0.50) * 1e3,
+                  Percentile(refused_latencies, 0.99) * 1e3);
+    }
     if (rate_mode && sent.load() > 0 && late.load() * 10 > sent.load()) {
       std::printf(
           "  note: %lld of %lld requests left more than 1 ms after their due time: the "

@@ -189,11 +189,17 @@ std::string ServerProcess::Log() const {
 int ServerProcess::Terminate(int timeout_s) {
   if (pid_ <= 0) return -1;
   kill(pid_, SIGTERM);
+  return Wait(timeout_s);
+}
+
+int ServerProcess::Wait(int timeout_s) {
+  if (pid_ <= 0) return -1;
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(timeout_s);
   while (std::chrono::steady_clock::now() < deadline) {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
       return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));

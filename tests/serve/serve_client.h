@@ -61,6 +61,9 @@ class ServerProcess {
   std::string Log() const;  // stderr + stdout so far
   // SIGTERM, then waits; returns the exit code (-1 when killed by a signal or timed out).
   int Terminate(int timeout_s = 60);
+  // Waits for the process to exit by itself; the exit code, or 128 + the signal that ended it,
+  // or -1 on timeout.
+  int Wait(int timeout_s = 60);
   pid_t pid() const { return pid_; }
 
  private:

@@ -989,6 +989,18 @@ class EngineImpl : public Engine {
       std::lock_guard l(mu_);
       auto& slot = models_[name];
       old = std::move(slot);
+      // As Triton does on a failed reload: when nothing of the new state loads, the versions
+      // that were serving go on serving (and the failed ones say why they are UNAVAILABLE).
+      const bool any_ready = std::any_of(entry.versions.begin(), entry.versions.end(),
+                                         [](const auto& v) { return v.second.model != nullptr; });
+      if (!any_ready) {
+        for (auto& [v, state] : old.versions) {
+          if (!state.model) continue;  // (a version whose own reload failed is kept too)
+          std::cerr << "kiln serve: model '" << name << "' version " << v
+                    << " keeps serving: the new state of the model failed to load\n";
+          entry.versions[v] = std::move(state);
+        }
+      }
       slot = std::move(entry);
       PublishReady(name, old, slot);
     }

@@ -194,6 +194,8 @@ class Service final : public inference::GRPCInferenceService::Service {
       : engine_(engine), admission_(admission), max_stream_outstanding_(max_stream_outstanding) {}
 
   void BeginShutdown() { shutting_down_ = true; }
+  // The drain is cut short: RPCs waiting for the engine give up now.
+  void Abort() { aborting_ = true; }
 
   grpc::Status ServerLive(grpc::ServerContext*, const inference::ServerLiveRequest*,
                           inference::ServerLiveResponse* resp) override {
@@ -276,6 +278,9 @@ class Service final : public inference::GRPCInferenceService::Service {
       while (future.wait_for(kCancelPoll) != std::future_status::ready) {
         if (ctx->IsCancelled()) {
           return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
+        }
+        if (aborting_.load()) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the server is stopping now");
         }
       }
       Outcome o = future.get();
@@ -500,6 +505,7 @@ class Service final : public inference::GRPCInferenceService::Service {
   Admission* admission_;
   const int64_t max_stream_outstanding_;
   std::atomic<bool> shutting_down_{false};
+  std::atomic<bool> aborting_{false};
 };
 
 class GrpcServerImpl final : public GrpcServer {
@@ -543,7 +549,13 @@ class GrpcServerImpl final : public GrpcServer {
   int port() const override { return port_; }
 
   void Shutdown(std::chrono::milliseconds drain) override {
-    std::lock_guard l(mu_);
+    if (drain.count() == 0) service_.Abort();
+    // A second call while the first drains (a second signal) only cuts the drain short.
+    std::unique_lock l(mu_, std::try_to_lock);
+    if (!l.owns_lock()) {
+      service_.Abort();
+      return;
+    }
     if (server_ == nullptr) return;
     service_.BeginShutdown();
     if (auto* health = server_->GetHealthCheckService()) {
