@@ -52,7 +52,7 @@ PACKAGES=(
   # ONNX graphs (export, optimize)
   libonnx-dev libprotobuf-dev protobuf-compiler
   # CLI, JSON, logging
-  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev
+  libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
   # tests and benchmarks; python3-torch is the PyTorch baseline `kiln bench` compares against
   libgtest-dev libgmock-dev libbenchmark-dev python3-torch
   # serving: Boost.Beast/Asio (headers), gRPC (grpc++ and protoc's grpc_cpp_plugin), promtool

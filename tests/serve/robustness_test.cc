@@ -113,6 +113,22 @@ int64_t Pending(const ServerProcess& server) {
   return at == std::string::npos ? -1 : std::stoll(r.body.substr(at + series.size()));
 }
 
+// Two requests to the queue model, which holds them up to 5 s for a batch; returns once both
+// are queued (or after 5 s), with their HTTP statuses to come.
+std::vector<std::future<long>> HoldTwoInTheQueue(const ServerProcess& server,
+                                                 const std::string& body) {
+  std::vector<std::future<long>> held;
+  for (int i = 0; i < 2; ++i) {
+    held.push_back(std::async(std::launch::async, [&server, body] {
+      return Http(server.url() + "/v2/models/queue/infer", Post(body)).status;
+    }));
+  }
+  for (int i = 0; i < 500 && Pending(server) < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return held;
+}
+
 // SIGTERM with requests at every stage: queued in the engine, running, sent in full but not
 // yet read, half sent, and a request sent during the drain on a connection that was already
 // open. Every one is answered 200; each answer after the signal says Connection: close; a new
@@ -126,15 +142,7 @@ TEST(DrainTest, EveryRequestAlreadyOnItsWayIsAnswered) {
   const std::string four = InferJson(RandomInput(4, 5), 4);
 
   // Queued: the queue model holds two requests up to 5 s for a batch.
-  std::vector<std::future<long>> queued;
-  for (int i = 0; i < 2; ++i) {
-    queued.push_back(std::async(std::launch::async, [&] {
-      return Http(server.url() + "/v2/models/queue/infer", Post(one)).status;
-    }));
-  }
-  for (int i = 0; i < 500 && Pending(server) < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  auto queued = HoldTwoInTheQueue(server, one);
   ASSERT_GE(Pending(server), 2);
 
   // Running: clients that keep sending on their keep-alive connections until they are closed.
@@ -197,15 +205,7 @@ TEST(DrainTest, SecondSignalStopsAtOnce) {
   ServerProcess server(repo->path(), {});
   ASSERT_TRUE(server.started()) << server.Log();
   const std::string one = InferJson(RandomInput(1, 3), 1);
-  std::vector<std::future<long>> queued;
-  for (int i = 0; i < 2; ++i) {
-    queued.push_back(std::async(std::launch::async, [&] {
-      return Http(server.url() + "/v2/models/queue/infer", Post(one)).status;
-    }));
-  }
-  for (int i = 0; i < 500 && Pending(server) < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  auto queued = HoldTwoInTheQueue(server, one);
   ASSERT_GE(Pending(server), 2);
   ASSERT_EQ(kill(server.pid(), SIGTERM), 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -222,15 +222,7 @@ TEST(AdmissionTest, OverBudgetIsRefusedAtTheDoorAndProbesStillAnswer) {
   ServerProcess server(repo->path(), {"--max-inflight-requests", "2"});
   ASSERT_TRUE(server.started()) << server.Log();
   const std::string one = InferJson(RandomInput(1, 3), 1);
-  std::vector<std::future<long>> held;
-  for (int i = 0; i < 2; ++i) {
-    held.push_back(std::async(std::launch::async, [&] {
-      return Http(server.url() + "/v2/models/queue/infer", Post(one)).status;
-    }));
-  }
-  for (int i = 0; i < 500 && Pending(server) < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
+  auto held = HoldTwoInTheQueue(server, one);
   ASSERT_GE(Pending(server), 2);
   // A body far larger than anything the client sends first: the answer comes before it is read.
   Connection c(PortOf(server.url()));
@@ -304,6 +296,26 @@ TEST(FaultTest, CorruptNewVersionUnderLoadLeavesTheOldOneServing) {
   EXPECT_EQ(failed.load(), 0) << failure;
   auto v1 = Http(server.url() + "/v2/models/cifar/versions/1/ready");
   EXPECT_EQ(v1.status, 200);
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+// Unloading a model takes its series off /metrics; loading it again brings them back.
+TEST(MetricsTest, AnUnloadedVersionLeavesNoSeriesBehind) {
+  auto repo = MakeRepository();
+  ServerProcess server(repo->path(), {"--model-control-mode", "explicit", "--load-model", "cifar"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  ASSERT_EQ(Http(server.url() + "/v2/models/cifar/infer", Post(InferJson(RandomInput(1, 2), 1)))
+                .status,
+            200);
+  const std::string series = "nv_inference_request_success{model=\"cifar\",version=\"1\"} 1";
+  EXPECT_NE(Http(server.metrics_url() + "/metrics").body.find(series), std::string::npos);
+  ASSERT_EQ(Http(server.url() + "/v2/repository/models/cifar/unload", Post("")).status, 200);
+  const std::string after = Http(server.metrics_url() + "/metrics").body;
+  EXPECT_EQ(after.find("model=\"cifar\",version=\"1\""), std::string::npos) << after;
+  ASSERT_EQ(Http(server.url() + "/v2/repository/models/cifar/load", Post("")).status, 200);
+  EXPECT_NE(Http(server.metrics_url() + "/metrics").body.find(
+                "nv_inference_request_success{model=\"cifar\",version=\"1\"} 0"),
+            std::string::npos);
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
 }
 

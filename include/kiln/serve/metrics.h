@@ -1,17 +1,26 @@
-// A small Prometheus registry: counters, gauges and histograms with labels, rendered in the
-// Prometheus text exposition format (version 0.0.4).
+// Kiln's metrics registry on prometheus-cpp (core): counters, gauges and histograms with
+// labels, their values kept by prometheus-cpp's metric types and rendered by its text
+// serializer (exposition format 0.0.4).
 //
 //   Registry r;
 //   Series* ok = r.Counter("nv_inference_request_success", "Successful requests",
 //                          {{"model", "m"}, {"version", "1"}});
-//   ok->Add(1);                                   // hot path: no lookup, one short lock
+//   ok->Add(1);                                   // hot path: one atomic add, no lookup
 //   Series* h = r.Histogram("kiln_queue_duration_seconds", "...", {...}, DefaultLatencyBuckets());
 //   h->Observe(0.003);
+//   r.RemoveMatching({{"model", "m"}, {"version", "1"}});   // the version was unloaded
 //   std::string text = r.Render();
 //
-// Handles (Series*) stay valid for the registry's lifetime: resolve them once (at model load) and
-// only increment on the hot path. Thread-safe.
+// Handles (Series*) stay valid for the registry's lifetime, even after their series is removed
+// (a removed series is no longer exported; writes to it are harmless): resolve them once (at
+// model load) and only increment on the hot path. Thread-safe.
 #pragma once
+
+#include <prometheus/client_metric.h>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/metric_family.h>
 
 #include <functional>
 #include <map>
@@ -27,19 +36,19 @@ using Labels = std::vector<std::pair<std::string, std::string>>;
 
 class Series {
  public:
-  void Add(double v);           // counters and gauges
-  void Set(double v);           // gauges
-  void Observe(double v);       // histograms
-  double value() const;         // counter/gauge value, or the histogram's count
+  ~Series();
+  void Add(double v);      // counters (v >= 0) and gauges
+  void Set(double v);      // gauges
+  void Observe(double v);  // histograms
+  double value() const;    // counter/gauge value, or the histogram's count
 
  private:
   friend class Registry;
-  mutable std::mutex mu_;
-  double value_ = 0;
-  const std::vector<double>* bounds_ = nullptr;
-  std::vector<uint64_t> buckets_;  // non-cumulative counts per bound, plus +Inf
-  double sum_ = 0;
-  uint64_t count_ = 0;
+  Series() = default;
+  prometheus::ClientMetric Collect() const;
+  std::unique_ptr<prometheus::Counter> counter_;
+  std::unique_ptr<prometheus::Gauge> gauge_;
+  std::unique_ptr<prometheus::Histogram> histogram_;
 };
 
 std::vector<double> DefaultLatencyBuckets();  // seconds, 100 us .. 10 s
@@ -54,21 +63,29 @@ class Registry {
   void OnRender(std::function<void()> hook);
   // The same while `owner` lives; dropped once it has gone (per model version hooks).
   void OnRender(std::weak_ptr<void> owner, std::function<void()> hook);
-  // Drops one series. Only for series nobody keeps a handle of (looked up on every change).
+  // Stops exporting one series (its handle stays valid).
   void Remove(const std::string& name, const Labels& labels);
+  // Stops exporting every series whose labels include all of `subset` (a model version's
+  // series when it is unloaded).
+  void RemoveMatching(const Labels& subset);
   std::string Render() const;
 
  private:
+  struct Entry {
+    Labels labels;
+    std::shared_ptr<Series> series;
+  };
   struct Family {
     std::string help;
-    std::string type;
+    prometheus::MetricType type = prometheus::MetricType::Untyped;
     std::vector<double> bounds;
-    std::map<std::string, std::unique_ptr<Series>> series;  // by rendered label set
+    std::map<std::string, Entry> series;  // by rendered label set
   };
-  Series* Get(const std::string& name, const std::string& help, const std::string& type,
+  Series* Get(const std::string& name, const std::string& help, prometheus::MetricType type,
               const Labels& labels, const std::vector<double>& bounds);
   mutable std::mutex mu_;
   std::map<std::string, Family> families_;
+  std::vector<std::shared_ptr<Series>> removed_;  // kept alive: handles may still point here
   struct Hook {
     std::function<void()> run;
     std::weak_ptr<void> owner;

@@ -735,8 +735,10 @@ class EngineImpl : public Engine {
   void PublishReady(const std::string& name, const ModelEntry& old, const ModelEntry& entry) {
     const char* help = "1 when the model version is READY, 0 when it failed to load";
     auto labels = [&](const std::string& v) { return metrics::Labels{{"model", name}, {"version", v}}; };
+    // A version that is gone takes every series of its own with it (counters, histograms,
+    // drift, readiness); its handles stay valid for the requests it still finishes.
     for (const auto& [v, s] : old.versions) {
-      if (entry.versions.count(v) == 0) registry_->Remove("kiln_model_ready", labels(std::to_string(v)));
+      if (entry.versions.count(v) == 0) registry_->RemoveMatching(labels(std::to_string(v)));
     }
     const bool model_failed = entry.loaded && entry.versions.empty();
     if (!model_failed) registry_->Remove("kiln_model_ready", labels(""));

@@ -1,6 +1,8 @@
 #include "kiln/serve/metrics.h"
 
 #include <algorithm>
+#include <prometheus/text_serializer.h>
+
 #include <charconv>
 #include <fstream>
 #include <memory>
@@ -11,59 +13,46 @@ namespace kiln::serve::metrics {
 
 namespace {
 
-std::string Escape(const std::string& v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-  return out;
-}
-
-std::string RenderLabels(const Labels& labels) {
+// The key of a label set in its family (and the order series are rendered in).
+std::string Key(const Labels& labels) {
   std::string s;
-  for (const auto& [k, v] : labels) s += (s.empty() ? "" : ",") + k + "=\"" + Escape(v) + "\"";
+  for (const auto& [k, v] : labels) s += k + '\x1f' + v + '\x1e';
   return s;
 }
 
-std::string Number(double v) {
-  if (std::isinf(v)) return v > 0 ? "+Inf" : "-Inf";
-  if (std::isnan(v)) return "NaN";
-  char buf[64];
-  auto r = std::to_chars(buf, buf + sizeof buf, v);
-  return std::string(buf, r.ptr);
-}
-
-// `labels` plus one more label (le), rendered.
-std::string With(const std::string& labels, const std::string& extra) {
-  return "{" + labels + (labels.empty() ? "" : ",") + extra + "}";
+bool Contains(const Labels& labels, const Labels& subset) {
+  return std::all_of(subset.begin(), subset.end(), [&](const auto& want) {
+    return std::find(labels.begin(), labels.end(), want) != labels.end();
+  });
 }
 
 }  // namespace
 
+Series::~Series() = default;
+
 void Series::Add(double v) {
-  std::lock_guard l(mu_);
-  value_ += v;
+  if (counter_) {
+    counter_->Increment(v);
+  } else if (gauge_) {
+    gauge_->Increment(v);
+  }
 }
 void Series::Set(double v) {
-  std::lock_guard l(mu_);
-  value_ = v;
+  if (gauge_) gauge_->Set(v);
 }
 void Series::Observe(double v) {
-  std::lock_guard l(mu_);
-  size_t i = 0;
-  while (bounds_ != nullptr && i < bounds_->size() && v > (*bounds_)[i]) ++i;
-  ++buckets_[i];
-  sum_ += v;
-  ++count_;
+  if (histogram_) histogram_->Observe(v);
 }
 double Series::value() const {
-  std::lock_guard l(mu_);
-  return bounds_ != nullptr ? static_cast<double>(count_) : value_;
+  if (counter_) return counter_->Value();
+  if (gauge_) return gauge_->Value();
+  if (histogram_) return static_cast<double>(histogram_->Collect().histogram.sample_count);
+  return 0;
+}
+prometheus::ClientMetric Series::Collect() const {
+  if (counter_) return counter_->Collect();
+  if (gauge_) return gauge_->Collect();
+  return histogram_->Collect();
 }
 
 std::vector<double> DefaultLatencyBuckets() {
@@ -71,36 +60,45 @@ std::vector<double> DefaultLatencyBuckets() {
           0.05,   0.1,     0.25,   0.5,   1,      2.5,   5,     10};
 }
 
-Series* Registry::Get(const std::string& name, const std::string& help, const std::string& type,
-                      const Labels& labels, const std::vector<double>& bounds) {
+Series* Registry::Get(const std::string& name, const std::string& help,
+                      prometheus::MetricType type, const Labels& labels,
+                      const std::vector<double>& bounds) {
   std::lock_guard l(mu_);
   Family& f = families_[name];
-  if (f.type.empty()) {
+  if (f.series.empty() && f.help.empty()) {
     f.help = help;
     f.type = type;
     f.bounds = bounds;
   }
-  auto& s = f.series[RenderLabels(labels)];
-  if (!s) {
-    s = std::make_unique<Series>();
-    if (type == "histogram") {
-      s->bounds_ = &f.bounds;
-      s->buckets_.assign(f.bounds.size() + 1, 0);
+  Entry& e = f.series[Key(labels)];
+  if (!e.series) {
+    e.labels = labels;
+    e.series.reset(new Series());
+    switch (f.type) {
+      case prometheus::MetricType::Counter:
+        e.series->counter_ = std::make_unique<prometheus::Counter>();
+        break;
+      case prometheus::MetricType::Histogram:
+        e.series->histogram_ = std::make_unique<prometheus::Histogram>(f.bounds);
+        break;
+      default:
+        e.series->gauge_ = std::make_unique<prometheus::Gauge>();
+        break;
     }
   }
-  return s.get();
+  return e.series.get();
 }
 
 Series* Registry::Counter(const std::string& name, const std::string& help,
                           const Labels& labels) {
-  return Get(name, help, "counter", labels, {});
+  return Get(name, help, prometheus::MetricType::Counter, labels, {});
 }
 Series* Registry::Gauge(const std::string& name, const std::string& help, const Labels& labels) {
-  return Get(name, help, "gauge", labels, {});
+  return Get(name, help, prometheus::MetricType::Gauge, labels, {});
 }
 Series* Registry::Histogram(const std::string& name, const std::string& help,
                             const Labels& labels, const std::vector<double>& bounds) {
-  return Get(name, help, "histogram", labels, bounds);
+  return Get(name, help, prometheus::MetricType::Histogram, labels, bounds);
 }
 
 void Registry::OnRender(std::function<void()> hook) {
@@ -116,7 +114,25 @@ void Registry::OnRender(std::weak_ptr<void> owner, std::function<void()> hook) {
 void Registry::Remove(const std::string& name, const Labels& labels) {
   std::lock_guard l(mu_);
   auto it = families_.find(name);
-  if (it != families_.end()) it->second.series.erase(RenderLabels(labels));
+  if (it == families_.end()) return;
+  auto s = it->second.series.find(Key(labels));
+  if (s == it->second.series.end()) return;
+  removed_.push_back(std::move(s->second.series));
+  it->second.series.erase(s);
+}
+
+void Registry::RemoveMatching(const Labels& subset) {
+  std::lock_guard l(mu_);
+  for (auto& [name, f] : families_) {
+    for (auto it = f.series.begin(); it != f.series.end();) {
+      if (Contains(it->second.labels, subset)) {
+        removed_.push_back(std::move(it->second.series));
+        it = f.series.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
 }
 
 std::string Registry::Render() const {
@@ -135,31 +151,24 @@ std::string Registry::Render() const {
       h.run();
     }
   }
-  std::lock_guard l(mu_);
-  std::string out;
-  for (const auto& [name, f] : families_) {
-    if (f.series.empty()) continue;
-    out += "# HELP " + name + " " + f.help + "\n# TYPE " + name + " " + f.type + "\n";
-    for (const auto& [labels, s] : f.series) {
-      std::lock_guard sl(s->mu_);
-      if (f.type != "histogram") {
-        out += name + (labels.empty() ? "" : "{" + labels + "}") + " " + Number(s->value_) + "\n";
-        continue;
+  std::vector<prometheus::MetricFamily> out;
+  {
+    std::lock_guard l(mu_);
+    for (const auto& [name, f] : families_) {
+      if (f.series.empty()) continue;
+      prometheus::MetricFamily mf;
+      mf.name = name;
+      mf.help = f.help;
+      mf.type = f.type;
+      for (const auto& [key, e] : f.series) {
+        prometheus::ClientMetric m = e.series->Collect();
+        for (const auto& [k, v] : e.labels) m.label.push_back({k, v});
+        mf.metric.push_back(std::move(m));
       }
-      uint64_t cumulative = 0;
-      for (size_t i = 0; i <= f.bounds.size(); ++i) {
-        cumulative += s->buckets_[i];
-        const std::string le =
-            i < f.bounds.size() ? Number(f.bounds[i]) : std::string("+Inf");
-        out += name + "_bucket" + With(labels, "le=\"" + le + "\"") + " " +
-               std::to_string(cumulative) + "\n";
-      }
-      const std::string l2 = labels.empty() ? "" : "{" + labels + "}";
-      out += name + "_sum" + l2 + " " + Number(s->sum_) + "\n";
-      out += name + "_count" + l2 + " " + std::to_string(s->count_) + "\n";
+      out.push_back(std::move(mf));
     }
   }
-  return out;
+  return prometheus::TextSerializer().Serialize(out);
 }
 
 // CPU and memory gauges of Triton's family, read from /proc at scrape time.
