@@ -216,21 +216,21 @@ class Optimizer {
     resuming_ = saved.is_object() && saved.value("fingerprint", json()) == fingerprint &&
                 saved.value("variants", json()).is_object();
     if (resuming_) {
-      progress_ = std::move(saved);
+      record_ = std::move(saved);
       return Status::Ok();
     }
     // A manifest left by another configuration would describe files this run replaces.
     std::error_code ec;
     fs::remove(o_.out_dir / "manifest.json", ec);
-    progress_ = {{"fingerprint", fingerprint}, {"variants", json::object()}};
-    return WriteFileAtomic(ProgressFile(), progress_.dump(1) + "\n");
+    record_ = {{"fingerprint", fingerprint}, {"variants", json::object()}};
+    return WriteFileAtomic(ProgressFile(), record_.dump(1) + "\n");
   }
 
   // Adds the recorded entry of `v` if an earlier run of this configuration finished it and its
   // files are unchanged.
   bool ReuseVariant(const std::string& v) {
     const std::string name = DisplayName(v);
-    const json& variants = progress_["variants"];
+    const json& variants = record_["variants"];
     if (!resuming_ || !variants.contains(name)) return false;
     const json& record = variants[name];
     if (!record.contains("entry") || !record.value("files", json()).is_object()) return false;
@@ -254,8 +254,8 @@ class Optimizer {
       const std::string file = e[key].get<std::string>();
       KILN_ASSIGN_OR_RETURN(files[file], FileDigest(o_.out_dir / file, DigestKind::kSha256));
     }
-    progress_["variants"][DisplayName(v)] = {{"entry", e}, {"files", files}};
-    return WriteFileAtomic(ProgressFile(), progress_.dump(1) + "\n");
+    record_["variants"][DisplayName(v)] = {{"entry", e}, {"files", files}};
+    return WriteFileAtomic(ProgressFile(), record_.dump(1) + "\n");
   }
 
   Result<train::EvalResult> Evaluate(const fs::path& model) {
@@ -523,7 +523,7 @@ class Optimizer {
   std::vector<int64_t> baseline_predictions_;
   std::vector<json> entries_;
   std::vector<std::string> failures_;
-  json progress_;          // the record in ProgressFile()
+  json record_;            // what ProgressFile() holds
   bool resuming_ = false;  // it was written by a run of this configuration
 };
 
