@@ -19,6 +19,7 @@
 #include "kiln/backend/model_metadata.h"
 #include "kiln/backend/onnxruntime_backend.h"
 #include "kiln/bench/roof.h"
+#include "kiln/core/file.h"
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/loader.h"
@@ -380,12 +381,8 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     }
   }  // the data set is freed before anything is measured
   const fs::path inputs_file = o.out_dir / "inputs.f32";
-  {
-    std::ofstream f(inputs_file, std::ios::binary);
-    f.write(reinterpret_cast<const char*>(inputs.data()),
-            static_cast<std::streamsize>(inputs.size() * sizeof(float)));
-    if (!f) return InternalError("cannot write " + inputs_file.string());
-  }
+  KILN_RETURN_IF_ERROR(WriteFileAtomic(
+      inputs_file, {reinterpret_cast<const char*>(inputs.data()), inputs.size() * sizeof(float)}));
 
   say("measuring this machine's roof (FP32 FMA, INT8 dot products)");
   const Roof roof = MeasureRoof(o.threads);

@@ -2,13 +2,13 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <fstream>
 #include <map>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
 #include <sstream>
 
 #include "kiln/bench/bench.h"
+#include "kiln/core/file.h"
 
 namespace kiln::bench {
 
@@ -114,12 +114,13 @@ void Legend(cv::Mat& img, const Axes& a, int i, const std::string& label) {
 }
 
 Status Save(const cv::Mat& img, const fs::path& file) {
+  std::vector<uchar> png;
   try {
-    if (!cv::imwrite(file.string(), img)) return InternalError("cannot write " + file.string());
+    if (!cv::imencode(".png", img, png)) return InternalError("cannot encode " + file.string());
   } catch (const cv::Exception& e) {
-    return InternalError("cannot write " + file.string() + ": " + e.what());
+    return InternalError("cannot encode " + file.string() + ": " + e.what());
   }
-  return Status::Ok();
+  return WriteFileAtomic(file, {reinterpret_cast<const char*>(png.data()), png.size()});
 }
 
 Status PlotThroughput(const std::vector<Series>& series, const fs::path& file, const std::string& threads) {
@@ -409,10 +410,8 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     KILN_RETURN_IF_ERROR(PlotThroughput(series, out_dir / "throughput.png", t));
     KILN_RETURN_IF_ERROR(PlotLatency(series, out_dir / "latency_batch1.png", t));
     KILN_RETURN_IF_ERROR(PlotPareto(points, out_dir / "pareto.png"));
-    std::ofstream(out_dir / "report.json") << report.dump(2) << "\n";
-    std::ofstream out(out_dir / "REPORT.md");
-    out << md.str();
-    if (!out) return InternalError("cannot write " + (out_dir / "REPORT.md").string());
+    KILN_RETURN_IF_ERROR(WriteFileAtomic(out_dir / "report.json", report.dump(2) + "\n"));
+    KILN_RETURN_IF_ERROR(WriteFileAtomic(out_dir / "REPORT.md", md.str()));
   } catch (const json::exception& e) {
     return InvalidArgumentError(std::string("report data is incomplete: ") + e.what());
   }

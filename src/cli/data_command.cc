@@ -1,11 +1,11 @@
 // kiln data verify | fetch | images
 #include <filesystem>
-#include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "kiln/core/file.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/fetch.h"
 #include "kiln/data/image.h"
@@ -122,10 +122,8 @@ int RunImages(const ImagesArgs& a) {
     std::snprintf(name, sizeof name, "%05lld_", static_cast<long long>(i));
     const std::filesystem::path file =
         std::filesystem::path(a.out) / (name + ds->class_names[set.labels[i]] + "." + a.format);
-    std::ofstream f(file, std::ios::binary);
-    f.write(bytes->data(), static_cast<std::streamsize>(bytes->size()));
-    if (!f) {
-      std::cerr << "kiln data images: cannot write " << file.string() << "\n";
+    if (Status s = WriteFileAtomic(file, *bytes); !s.ok()) {
+      std::cerr << "kiln data images: " << s.ToString() << "\n";
       return kExitFailure;
     }
   }

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -12,6 +11,7 @@
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
 #include "kiln/core/drift.h"
+#include "kiln/core/file.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/shift.h"
 
@@ -202,19 +202,9 @@ int RunCalibrate(const DriftArgs& a) {
   std::printf("\n'alerting': share of windows with at least one score over its threshold (for "
               "in-distribution windows, the false-alarm rate per evaluation).\n");
   if (!a.json_out.empty()) {
-    const fs::path out(a.json_out), tmp(a.json_out + ".tmp");
-    {
-      std::ofstream f(tmp);
-      f << report.dump(2) << "\n";
-      if (!f.flush()) {
-        std::cerr << "kiln drift: cannot write " << tmp << "\n";
-        return kExitFailure;
-      }
-    }
-    std::error_code ec;
-    fs::rename(tmp, out, ec);
-    if (ec) {
-      std::cerr << "kiln drift: cannot write " << out << ": " << ec.message() << "\n";
+    const fs::path out(a.json_out);
+    if (Status s = WriteFileAtomic(out, report.dump(2) + "\n"); !s.ok()) {
+      std::cerr << "kiln drift: " << s.ToString() << "\n";
       return kExitFailure;
     }
     std::printf("wrote %s\n", out.c_str());

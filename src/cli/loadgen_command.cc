@@ -24,6 +24,7 @@
 #include <thread>
 
 #include "commands.h"
+#include "kiln/core/file.h"
 
 namespace kiln::cli {
 
@@ -210,9 +211,9 @@ int RunLoadgen(const LoadgenArgs& a) {
     }
   }
   const int64_t per_request = a.mode == "image" ? 1 : a.batch_size;
-  std::ofstream csv;
+  // Rewritten (atomically) after every level, so an interrupted sweep keeps the finished rows.
+  std::ostringstream csv;
   if (!a.csv.empty()) {
-    csv.open(a.csv);
     csv << (rate_mode ? "Request Rate" : "Concurrency")
         << ",Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
            "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
@@ -373,12 +374,16 @@ int RunLoadgen(const LoadgenArgs& a) {
           static_cast<long long>(late.load()), static_cast<long long>(sent.load()), a.max_threads);
     }
     std::fflush(stdout);
-    if (csv) {
+    if (!a.csv.empty()) {
       const double server_us = queue_us + input_us + infer_us + output_us;
       csv << level << "," << last3(rates) << ",0," << std::max(0.0, avg_us - server_us) << ","
           << queue_us << "," << input_us << "," << infer_us << "," << output_us << ",0,"
           << last3(p50s) * 1e6 << "," << last3(p90s) * 1e6 << "," << last3(p95s) * 1e6 << ","
           << last3(p99s) * 1e6 << "," << avg_us << ",0,0\n";
+      if (Status s = WriteFileAtomic(a.csv, csv.str()); !s.ok()) {
+        std::cerr << "kiln loadgen: " << s.ToString() << "\n";
+        return kExitFailure;
+      }
     }
   }
   return StopRequested() ? kExitInterrupted : 0;

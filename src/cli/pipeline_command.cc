@@ -17,6 +17,7 @@
 #include <sstream>
 
 #include "commands.h"
+#include "kiln/core/file.h"
 #include "kiln/core/progress.h"
 
 namespace kiln::cli {
@@ -113,6 +114,8 @@ int RunPipeline(const PipelineArgs& a) {
   if (a.no_peers) bench.push_back("--no-peers");
   if (fs::exists(run / "resume.ckpt") && !fs::exists(marks / "train.done") && !a.force) {
     train.push_back("--resume");  // an interrupted training run continues where it stopped
+  } else if (a.force || Contains(a.redo, "train")) {
+    train.push_back("--restart");  // redo means from scratch, not "continue the saved run"
   }
   const std::vector<Stage> stages = {
       {"train", train, run / "best.ckpt"},
@@ -153,7 +156,10 @@ int RunPipeline(const PipelineArgs& a) {
       std::cerr << "[pipeline] some variants missed their accuracy budget (see the manifest); "
                    "benchmarking the others\n";
     }
-    std::ofstream(mark) << json{{"seconds", seconds}}.dump() << "\n";
+    if (Status w = WriteFileAtomic(mark, json{{"seconds", seconds}}.dump() + "\n"); !w.ok()) {
+      std::cerr << "kiln pipeline: " << w.ToString() << "\n";
+      return kExitFailure;
+    }
     std::cerr << "[pipeline] " << s.name << " done in " << ProgressBar::FormatDuration(seconds) << "\n";
   }
 

@@ -23,6 +23,7 @@ struct TrainArgs {
   bool no_crop = false, no_flip = false;
   std::string out;
   bool resume = false;
+  bool restart = false;
 };
 
 int RunTrain(const TrainArgs& a) {
@@ -50,6 +51,12 @@ int RunTrain(const TrainArgs& a) {
   if (Status s = o.Validate(); !s.ok()) {
     std::cerr << "kiln train: " << s.message() << "\n";
     return kExitUsage;
+  }
+  // The same command run again after a crash or kill -9 continues the saved run.
+  if (!o.resume && !a.restart && train::CanResume(o)) {
+    o.resume = true;
+    std::cerr << "continuing the run saved in " << (o.out_dir / "resume.ckpt").string()
+              << " (same options; --restart starts over)\n";
   }
   std::cerr << "loading " << a.data << " ...\n";
   auto ds = data::LoadCifar10(a.data);
@@ -123,11 +130,17 @@ void RegisterTrainCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--seed", a->seed,
                   "Random seed: same seed and threads reproduce a run (default: 1)");
   cmd->add_flag("--resume", a->resume,
-                "Continue the run saved in <out>/resume.ckpt (after Ctrl-C)");
+                "Continue the run saved in <out>/resume.ckpt (after Ctrl-C), also with more "
+                "--epochs; a run with exactly the same options continues without this flag");
+  cmd->add_flag("--restart", a->restart,
+                "Train from scratch even if <out>/resume.ckpt holds this run")
+      ->excludes("--resume");
   cmd->footer(
       "Outputs: best.ckpt, model.ckpt, resume.ckpt, metrics.csv, training_curve.png, "
       "summary.json.\n"
-      "Ctrl-C saves resume.ckpt and exits; run the same command with --resume to continue.");
+      "Ctrl-C saves resume.ckpt and exits; run the same command with --resume to continue.\n"
+      "resume.ckpt is also written after every epoch: after a crash or kill -9 the same command\n"
+      "continues from the last finished epoch, to the same result as an uninterrupted run.");
   cmd->callback([run, a] { *run = [a] { return RunTrain(*a); }; });
 }
 

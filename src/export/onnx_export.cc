@@ -4,9 +4,9 @@
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
-#include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "kiln/core/file.h"
 #include "kiln/core/version.h"
 #include "kiln/export/lowered_model.h"
 
@@ -220,17 +220,7 @@ Result<std::string> BuildOnnxModel(const train::Checkpoint& checkpoint,
 Status ExportOnnx(const train::Checkpoint& checkpoint, const OnnxExportOptions& options,
                   const std::filesystem::path& file) {
   KILN_ASSIGN_OR_RETURN(std::string bytes, BuildOnnxModel(checkpoint, options));
-  const std::filesystem::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) return InvalidArgumentError("cannot write " + tmp.string());
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) return InternalError("write error on " + tmp.string());
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, file, ec);
-  if (ec) return InternalError("cannot rename " + tmp.string() + ": " + ec.message());
-  return Status::Ok();
+  return WriteFileAtomic(file, bytes);
 }
 
 }  // namespace kiln::exporter

@@ -6,6 +6,7 @@
 #include <sstream>
 
 #include "kiln/backend/inference_backend.h"
+#include "kiln/core/file.h"
 #include "kiln/export/lowered_model.h"
 
 namespace kiln::exporter {
@@ -90,7 +91,7 @@ Status ExportTorchScript(const train::Checkpoint& checkpoint, const std::filesys
     return InvalidArgumentError("training summary is not valid JSON");
   }
   const nlohmann::json info(ExportMetadata(checkpoint, training_summary_json, extra_metadata));
-  const std::filesystem::path tmp = file.string() + ".tmp";
+  std::ostringstream bytes;
   try {
     torch::jit::Module module(c10::QualifiedName("__torch__.kiln.Classifier"));
     for (const auto& [name, tensor] : emitted.params)
@@ -98,16 +99,11 @@ Status ExportTorchScript(const train::Checkpoint& checkpoint, const std::filesys
     module.define(emitted.source);
     module.eval();
     torch::jit::ExtraFilesMap extra{{backend::kTorchScriptMetadataFile, info.dump()}};
-    module.save(tmp.string(), extra);
+    module.save(bytes, extra);
   } catch (const std::exception& e) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
     return InternalError("writing TorchScript failed: " + std::string(e.what()).substr(0, 500));
   }
-  std::error_code ec;
-  std::filesystem::rename(tmp, file, ec);
-  if (ec) return InternalError("cannot rename " + tmp.string() + ": " + ec.message());
-  return Status::Ok();
+  return WriteFileAtomic(file, bytes.view());
 }
 
 }  // namespace kiln::exporter

@@ -6,6 +6,8 @@
 #include <fstream>
 #include <sstream>
 
+#include "kiln/core/file.h"
+
 namespace kiln::optimize {
 
 namespace fs = std::filesystem;
@@ -26,17 +28,7 @@ Result<onnx::ModelProto> LoadOnnx(const fs::path& file) {
 Status SaveOnnx(const onnx::ModelProto& model, const fs::path& file) {
   std::string bytes;
   if (!model.SerializeToString(&bytes)) return InternalError("cannot serialize the ONNX model");
-  const fs::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary);
-    if (!out) return InvalidArgumentError("cannot write " + tmp.string());
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    if (!out) return InternalError("write error on " + tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, file, ec);
-  if (ec) return InternalError("cannot rename " + tmp.string() + ": " + ec.message());
-  return Status::Ok();
+  return WriteFileAtomic(file, bytes);
 }
 
 Status CheckOnnx(const onnx::ModelProto& model) {

@@ -9,6 +9,8 @@
 
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
+#include "kiln/core/file.h"
+#include "kiln/core/hash.h"
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/loader.h"
@@ -37,19 +39,6 @@ std::string UtcNow() {
   return buf;
 }
 
-Status WriteText(const fs::path& file, const std::string& text) {
-  const fs::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << text;
-    if (!out) return InternalError("cannot write " + tmp.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, file, ec);
-  if (ec) return InternalError("cannot rename " + tmp.string() + ": " + ec.message());
-  return Status::Ok();
-}
-
 // The session settings Kiln recommends for every variant on a CPU (see docs/optimize.md).
 json RecommendedSession(int threads) {
   return {{"graph_optimization_level", "all"},
@@ -59,10 +48,17 @@ json RecommendedSession(int threads) {
           {"allow_spinning", false}};
 }
 
+// A hidden file beside `file` for intermediate results that are read back and deleted (ONNX
+// Runtime writes its optimized graph only to a path). Never an output: a process killed while it
+// exists leaves it behind, and the next run overwrites it.
+fs::path ScratchPath(const fs::path& file) {
+  return file.parent_path() / ("." + file.filename().string() + ".scratch");
+}
+
 // Operator counts of the graph ONNX Runtime actually runs (level "all"), to show which nodes
 // became integer kernels.
 Result<std::map<std::string, int64_t>> RuntimeOperators(const fs::path& model, int threads) {
-  const fs::path tmp = model.string() + ".runtime.onnx";
+  const fs::path tmp = ScratchPath(model);
   backend::BackendOptions bo;
   bo.model_path = model.string();
   bo.intra_op_threads = threads;
@@ -99,14 +95,11 @@ class Optimizer {
 
     // The FP32 source, copied so the folder is self-contained.
     const fs::path fp32 = o_.out_dir / "fp32.onnx";
-    fs::copy_file(o_.model, fp32, fs::copy_options::overwrite_existing, ec);
-    if (ec) return InternalError("cannot copy " + o_.model.string() + ": " + ec.message());
+    KILN_RETURN_IF_ERROR(CopyFileAtomic(o_.model, fp32));
     std::string fp32_ts;
     const fs::path pt = fs::path(o_.model).replace_extension(".pt");
-    if (fs::exists(pt)) {
-      fs::copy_file(pt, o_.out_dir / "fp32.pt", fs::copy_options::overwrite_existing, ec);
-      if (!ec) fp32_ts = "fp32.pt";
-    }
+    if (fs::exists(pt) && CopyFileAtomic(pt, o_.out_dir / "fp32.pt").ok()) fp32_ts = "fp32.pt";
+    KILN_RETURN_IF_ERROR(LoadProgress());
     KILN_ASSIGN_OR_RETURN(train::EvalResult base, Evaluate(fp32));
     baseline_accuracy_ = base.accuracy;
     baseline_predictions_ = base.predictions;
@@ -114,8 +107,10 @@ class Optimizer {
 
     for (const std::string& v : o_.variants) {
       if (stop_ && stop_->load()) return CancelledError("optimize interrupted");
+      if (ReuseVariant(v)) continue;
       const auto t0 = std::chrono::steady_clock::now();
       Status s = RunVariant(v, t0);
+      if (s.ok()) KILN_RETURN_IF_ERROR(SaveProgress(v));
       if (!s.ok() && stop_ && stop_->load()) return CancelledError("optimize interrupted");
       if (!s.ok()) {
         const std::string name = DisplayName(v);
@@ -148,7 +143,7 @@ class Optimizer {
                   {"seconds", Since(start)}};
     r.failures = failures_;
     r.gate_failed = !failures_.empty();
-    KILN_RETURN_IF_ERROR(WriteText(o_.out_dir / "manifest.json", r.manifest.dump(2) + "\n"));
+    KILN_RETURN_IF_ERROR(WriteFileAtomic(o_.out_dir / "manifest.json", r.manifest.dump(2) + "\n"));
     return r;
   }
 
@@ -178,6 +173,89 @@ class Optimizer {
     }
     arch_ = GetMetadata(source_, "kiln.arch");
     return Status::Ok();
+  }
+
+  // Resuming after a crash or kill -9: out_dir/.kiln-optimize-progress.json records, for the
+  // inputs and options of this run (`fingerprint`), each finished variant's manifest entry and
+  // the SHA-256 of its files. A rerun with the same fingerprint reuses every variant whose files
+  // are still intact and builds the rest; any other run starts the record afresh.
+  fs::path ProgressFile() const { return o_.out_dir / ".kiln-optimize-progress.json"; }
+
+  Result<json> Fingerprint() const {
+    KILN_ASSIGN_OR_RETURN(std::string model, FileDigest(o_.model, DigestKind::kSha256));
+    std::string checkpoint;
+    if (!o_.checkpoint.empty() && fs::exists(o_.checkpoint)) {
+      KILN_ASSIGN_OR_RETURN(checkpoint, FileDigest(o_.checkpoint, DigestKind::kSha256));
+    }
+    return json{{"kiln_version", Version()},
+                {"model_sha256", model},
+                {"checkpoint_sha256", checkpoint},
+                {"data", o_.data.string()},
+                {"calibration_method", CalibrationMethodName(o_.quantize.method)},
+                {"percentile", o_.quantize.percentile},
+                {"uint8_activations", o_.quantize.uint8_activations},
+                {"calibration_batch", o_.quantize.batch_size},
+                {"histogram_bins", o_.quantize.histogram_bins},
+                {"calibration_images", o_.calibration_images},
+                {"seed", o_.seed},
+                {"prune", {{"ratio", o_.prune.ratio}, {"norm", o_.prune.norm},
+                           {"scope", o_.prune.scope}, {"multiple", o_.prune.multiple}}},
+                {"finetune_epochs", o_.finetune_epochs},
+                {"finetune_lr_scale", o_.finetune_lr_scale},
+                {"finetune_train_limit", o_.finetune_train_limit},
+                {"int8_budget", o_.int8_budget},
+                {"prune_budget", o_.prune_budget},
+                {"threads", o_.threads},
+                {"test_limit", o_.test_limit}};
+  }
+
+  Status LoadProgress() {
+    KILN_ASSIGN_OR_RETURN(json fingerprint, Fingerprint());
+    std::ifstream in(ProgressFile());
+    json saved = in ? json::parse(in, nullptr, false) : json();
+    resuming_ = saved.is_object() && saved.value("fingerprint", json()) == fingerprint &&
+                saved.value("variants", json()).is_object();
+    if (resuming_) {
+      record_ = std::move(saved);
+      return Status::Ok();
+    }
+    // A manifest left by another configuration would describe files this run replaces.
+    std::error_code ec;
+    fs::remove(o_.out_dir / "manifest.json", ec);
+    record_ = {{"fingerprint", fingerprint}, {"variants", json::object()}};
+    return WriteFileAtomic(ProgressFile(), record_.dump(1) + "\n");
+  }
+
+  // Adds the recorded entry of `v` if an earlier run of this configuration finished it and its
+  // files are unchanged.
+  bool ReuseVariant(const std::string& v) {
+    const std::string name = DisplayName(v);
+    const json& variants = record_["variants"];
+    if (!resuming_ || !variants.contains(name)) return false;
+    const json& record = variants[name];
+    if (!record.contains("entry") || !record.value("files", json()).is_object()) return false;
+    for (const auto& [file, digest] : record["files"].items()) {
+      auto got = FileDigest(o_.out_dir / file, DigestKind::kSha256);
+      if (!got.ok() || !digest.is_string() || *got != digest.get<std::string>()) return false;
+    }
+    json e = record["entry"];
+    if (e.value("status", "") == "failed") failures_.push_back(name + ": " + e.value("error", ""));
+    Say("reusing " + name + ", finished by an earlier run of this command (files verified)");
+    entries_.push_back(std::move(e));
+    return true;
+  }
+
+  // Records the entry RunVariant just added for `v`, with the digests of its files.
+  Status SaveProgress(const std::string& v) {
+    const json& e = entries_.back();
+    json files = json::object();
+    for (const char* key : {"file", "torchscript_file"}) {
+      if (!e.contains(key)) continue;
+      const std::string file = e[key].get<std::string>();
+      KILN_ASSIGN_OR_RETURN(files[file], FileDigest(o_.out_dir / file, DigestKind::kSha256));
+    }
+    record_["variants"][DisplayName(v)] = {{"entry", e}, {"files", files}};
+    return WriteFileAtomic(ProgressFile(), record_.dump(1) + "\n");
   }
 
   Result<train::EvalResult> Evaluate(const fs::path& model) {
@@ -276,6 +354,8 @@ class Optimizer {
       t.train_limit = o_.finetune_train_limit;
       t.out_dir = dir / "finetune";
       t.init_from = pruned_file;
+      // A fine-tuning of this configuration killed part way continues from its last epoch.
+      t.resume = resuming_ && train::CanResume(t);
       Say("fine-tuning " + PrunedName() + " for " + std::to_string(t.epochs) + " epochs (peak LR " +
           std::to_string(t.lr) + ")");
       KILN_ASSIGN_OR_RETURN(train::TrainSummary summary, train::Train(dataset_, t, progress_, stop_));
@@ -293,8 +373,10 @@ class Optimizer {
     if (std::string r = GetMetadata(source_, backend::kDriftReferenceKey); !r.empty()) {
       eo.extra_metadata[backend::kDriftReferenceKey] = r;
     }
-    KILN_RETURN_IF_ERROR(exporter::ExportOnnx(final_ckpt, eo, onnx_out));
-    KILN_ASSIGN_OR_RETURN(onnx::ModelProto m, LoadOnnx(onnx_out));
+    // Built in memory and written once, with its pruning metadata.
+    KILN_ASSIGN_OR_RETURN(std::string bytes, exporter::BuildOnnxModel(final_ckpt, eo));
+    onnx::ModelProto m;
+    if (!m.ParseFromString(bytes)) return InternalError("cannot parse the exported pruned model");
     SetMetadata(&m, "kiln.pruning", settings->dump());
     KILN_RETURN_IF_ERROR(SaveOnnx(m, onnx_out));
     return exporter::ExportTorchScript(final_ckpt, ts_out, "", eo.extra_metadata);
@@ -312,9 +394,13 @@ class Optimizer {
       // "extended": fusions every x86 CPU runs (Conv+activation, Gemm+activation, constant
       // folding). "all" would also bake in NCHWc layouts chosen for this CPU's vector width.
       bo.graph_optimization = "extended";
-      bo.optimized_model_path = out.string();
+      const fs::path scratch = ScratchPath(out);
+      bo.optimized_model_path = scratch.string();
       KILN_RETURN_IF_ERROR(backend::CreateBackend("onnxruntime", bo).status());
-      KILN_ASSIGN_OR_RETURN(onnx::ModelProto m, LoadOnnx(out));
+      auto loaded = LoadOnnx(scratch);
+      std::error_code ec;
+      fs::remove(scratch, ec);
+      KILN_ASSIGN_OR_RETURN(onnx::ModelProto m, std::move(loaded));
       for (const auto& e : source_.metadata_props()) {
         if (GetMetadata(m, e.key()).empty()) SetMetadata(&m, e.key(), e.value());
       }
@@ -437,6 +523,8 @@ class Optimizer {
   std::vector<int64_t> baseline_predictions_;
   std::vector<json> entries_;
   std::vector<std::string> failures_;
+  json record_;            // what ProgressFile() holds
+  bool resuming_ = false;  // it was written by a run of this configuration
 };
 
 }  // namespace

@@ -5,6 +5,9 @@
 #include <chrono>
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "kiln/core/file.h"
 
 namespace kiln::train {
 
@@ -88,7 +91,7 @@ void SetChannelsLast(torch::nn::Module& module, bool channels_last) {
 
 Status SaveCheckpoint(const fs::path& file, const CheckpointMeta& meta, Classifier& model,
                       torch::optim::Optimizer* optimizer) {
-  const fs::path tmp = file.string() + ".tmp";
+  std::ostringstream bytes;
   try {
     torch::serialize::OutputArchive archive;
     archive.write("kiln/meta", c10::IValue(MetaToJson(meta).dump()));
@@ -105,14 +108,11 @@ Status SaveCheckpoint(const fs::path& file, const CheckpointMeta& meta, Classifi
       optimizer->save(opt);
       archive.write("optimizer", opt);
     }
-    archive.save_to(tmp.string());
+    archive.save_to(bytes);
   } catch (const std::exception& e) {
     return InternalError("cannot write checkpoint " + file.string() + ": " + e.what());
   }
-  std::error_code ec;
-  fs::rename(tmp, file, ec);
-  if (ec) return InternalError("cannot rename " + tmp.string() + ": " + ec.message());
-  return Status::Ok();
+  return WriteFileAtomic(file, bytes.view());
 }
 
 Result<Checkpoint> LoadCheckpoint(const fs::path& file) {

@@ -4,6 +4,9 @@
 #include <cstdio>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#include <vector>
+
+#include "kiln/core/file.h"
 
 namespace kiln::train {
 
@@ -95,12 +98,13 @@ Status PlotTrainingCurves(const std::vector<EpochMetrics>& epochs, const std::fi
               cv::LINE_AA);
   DrawChart(img, {0, 30, 500, 400}, "loss (train: with label smoothing)", {tl, vl}, false);
   DrawChart(img, {500, 30, 500, 400}, "accuracy", {ta, va}, true);
+  std::vector<uchar> bytes;
   try {
-    if (!cv::imwrite(png.string(), img)) return InternalError("cannot write " + png.string());
+    if (!cv::imencode(".png", img, bytes)) return InternalError("cannot encode " + png.string());
   } catch (const cv::Exception& e) {
-    return InternalError("cannot write " + png.string() + ": " + e.what());
+    return InternalError("cannot encode " + png.string() + ": " + e.what());
   }
-  return Status::Ok();
+  return WriteFileAtomic(png, {reinterpret_cast<const char*>(bytes.data()), bytes.size()});
 }
 
 }  // namespace kiln::train

@@ -3,16 +3,17 @@
 #include <ATen/autocast_mode.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <ctime>
 #include <fstream>
-#include <iomanip>
 #include <nlohmann/json.hpp>
 #include <numbers>
 #include <optional>
 #include <sstream>
 
+#include "kiln/core/file.h"
 #include "kiln/core/progress.h"
 #include "kiln/core/version.h"
 #include "kiln/train/checkpoint.h"
@@ -168,18 +169,27 @@ void SetLearningRate(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) group.options().set_lr(lr);
 }
 
+// The shortest text that reads back as exactly `v`, so a resumed run continues with the very
+// numbers the interrupted one computed.
+std::string Exact(double v) {
+  char buf[32];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return {buf, r.ptr};
+}
+
 Status WriteMetricsCsv(const fs::path& file, const std::vector<EpochMetrics>& rows) {
-  std::ofstream out(file);
-  if (!out) return InternalError("cannot write " + file.string());
-  out << "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,epoch_seconds,"
-         "train_images_per_second\n";
-  out << std::setprecision(6);
+  std::string out =
+      "epoch,lr,train_loss,train_accuracy,val_loss,val_accuracy,epoch_seconds,"
+      "train_images_per_second\n";
   for (const auto& r : rows) {
-    out << r.epoch << ',' << r.lr << ',' << r.train_loss << ',' << r.train_accuracy << ','
-        << r.val_loss << ',' << r.val_accuracy << ',' << r.seconds << ',' << r.images_per_second
-        << '\n';
+    out += std::to_string(r.epoch);
+    for (double v : {r.lr, r.train_loss, r.train_accuracy, r.val_loss, r.val_accuracy, r.seconds,
+                     r.images_per_second}) {
+      out += ',' + Exact(v);
+    }
+    out += '\n';
   }
-  return out ? Status::Ok() : InternalError("write error on " + file.string());
+  return WriteFileAtomic(file, out);
 }
 
 // Reads metrics.csv back (for a resumed run).
@@ -201,6 +211,18 @@ std::vector<EpochMetrics> ReadMetricsCsv(const fs::path& file, int64_t up_to_epo
 }
 
 }  // namespace
+
+bool CanResume(const TrainOptions& options) {
+  const fs::path file = options.out_dir / "resume.ckpt";
+  std::error_code ec;
+  if (!fs::is_regular_file(file, ec)) return false;
+  TrainOptions resolved = options;
+  resolved.precision = resolved.ResolvedPrecision();
+  auto ckpt = LoadCheckpoint(file);
+  if (!ckpt.ok()) return false;
+  const json saved = json::parse(ckpt->meta.train_options_json, nullptr, false);
+  return !saved.is_discarded() && saved == json::parse(resolved.ToJson());
+}
 
 Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& requested,
                            std::ostream* progress, const std::atomic<bool>* stop,
@@ -271,9 +293,17 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
       meta.best_val_accuracy = ckpt.meta.best_val_accuracy;
       meta.best_epoch = ckpt.meta.best_epoch;
       meta.val_accuracy = ckpt.meta.val_accuracy;
-      start_epoch = ckpt.meta.epoch;
-      start_batch = ckpt.meta.batch;
+      meta.epoch = start_epoch = ckpt.meta.epoch;
+      meta.batch = start_batch = ckpt.meta.batch;
+      meta.created = ckpt.meta.created;
       history = ReadMetricsCsv(o.out_dir / "metrics.csv", start_epoch);
+      // metrics.csv is written before resume.ckpt, so it holds every epoch the checkpoint has.
+      if (static_cast<int64_t>(history.size()) != start_epoch) {
+        return InvalidArgumentError((o.out_dir / "metrics.csv").string() + " has " +
+                                    std::to_string(history.size()) + " epochs, but " +
+                                    resume_file.string() + " finished " +
+                                    std::to_string(start_epoch) + "; cannot resume exactly");
+      }
     } else if (!o.init_from.empty()) {
       KILN_ASSIGN_OR_RETURN(Checkpoint init, LoadCheckpoint(o.init_from));
       if (init.meta.arch != o.arch || init.meta.shape.channels != shape.channels ||
@@ -296,7 +326,9 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
   } catch (const std::exception& e) {
     return InternalError(std::string("model setup failed: ") + e.what());
   }
-  if (start_epoch >= o.epochs) {
+  // A checkpoint of exactly o.epochs epochs is a run killed after its last epoch: the loop
+  // below is skipped and the final outputs are written.
+  if (start_epoch > o.epochs || (start_epoch == o.epochs && start_batch > 0)) {
     return InvalidArgumentError(resume_file.string() + " has already finished " +
                                 std::to_string(start_epoch) +
                                 " epochs; raise --epochs to continue");
@@ -356,8 +388,8 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
           meta.epoch = epoch;
           meta.batch = b;
           meta.created = NowIso();
-          KILN_RETURN_IF_ERROR(SaveCheckpoint(resume_file, meta, *model, optimizer.get()));
           KILN_RETURN_IF_ERROR(WriteMetricsCsv(o.out_dir / "metrics.csv", history));
+          KILN_RETURN_IF_ERROR(SaveCheckpoint(resume_file, meta, *model, optimizer.get()));
           if (bar) bar->Stop("interrupted");
           return CancelledError("interrupted at epoch " + std::to_string(epoch + 1) + ", batch " +
                                 std::to_string(b) + "; saved " + resume_file.string() +
@@ -437,9 +469,13 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
       meta.best_val_accuracy = m.val_accuracy;
       meta.best_epoch = m.epoch;
     }
+    // Order matters for a kill -9 between two writes: resume.ckpt, the commit point of the
+    // epoch, comes last. A run resumed from the previous epoch redoes this one and rewrites
+    // best.ckpt and metrics.csv with the same content (rows after the checkpoint's epoch are
+    // dropped on reading).
     if (best) KILN_RETURN_IF_ERROR(SaveCheckpoint(best_file, meta, *model, nullptr));
-    KILN_RETURN_IF_ERROR(SaveCheckpoint(resume_file, meta, *model, optimizer.get()));
     KILN_RETURN_IF_ERROR(WriteMetricsCsv(o.out_dir / "metrics.csv", history));
+    KILN_RETURN_IF_ERROR(SaveCheckpoint(resume_file, meta, *model, optimizer.get()));
     if (on_epoch) on_epoch(m);
   }
   KILN_RETURN_IF_ERROR(SaveCheckpoint(final_file, meta, *model, nullptr));
@@ -493,7 +529,7 @@ Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& req
             {"options", json::parse(o.ToJson())},
             {"versions", {{"kiln", Version()}, {"torch", TorchVersion()}}},
             {"finished", NowIso()}};
-  std::ofstream(o.out_dir / "summary.json") << j.dump(2) << "\n";
+  KILN_RETURN_IF_ERROR(WriteFileAtomic(o.out_dir / "summary.json", j.dump(2) + "\n"));
   return summary;
 }
 

@@ -2,8 +2,8 @@
 //
 //   KILN_ASSIGN_OR_RETURN(auto path, kiln::data::FetchArchive({.out_dir = "data"}, &std::cerr));
 //
-// Downloads to "<out_dir>/<file>.part", checks the MD5 published with the data set, then
-// renames into place; an existing file whose MD5 matches is reused. Offline, or on any network
+// Downloads to a temporary file beside the destination, checks the MD5 published with the data
+// set, then renames into place durably (core/file.h CommitAtomically); an existing file whose MD5 matches is reused. Offline, or on any network
 // error, returns Unavailable with a message that points to `--data/--archive` for a copy
 // obtained by hand. A checksum mismatch is InvalidArgument and the partial file is removed.
 #pragma once

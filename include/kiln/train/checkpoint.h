@@ -7,7 +7,9 @@
 //
 // Format: a libtorch serialize archive (zip) with keys "kiln/meta" (a JSON string, see
 // CheckpointMeta), "model" (the module's parameters and buffers) and optionally "optimizer".
-// Files are written to a temporary name and renamed, so a crash never leaves half a checkpoint.
+// Files are written atomically and durably (core/file.h): a crash or kill -9 leaves the old file
+// or the complete new one, never half a checkpoint; a full disk is a ResourceExhausted Status
+// naming the file, and the old file stays.
 // A missing, truncated or foreign file is an InvalidArgument/NotFound Status, never a crash.
 #pragma once
 

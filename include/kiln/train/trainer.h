@@ -20,6 +20,13 @@
 // every batch depend only on seed, epoch and batch index).
 // Interruption: when *stop becomes true, training saves resume.ckpt at the current batch and
 // returns a Cancelled status naming the file; Train(... resume=true) continues from it.
+// Crashes: every file is written atomically and durably (core/file.h); after each epoch
+// best.ckpt (if improved), metrics.csv and then resume.ckpt are written, so a run killed at any
+// point resumes from its last finished epoch (CanResume) and ends with the same weights,
+// metrics and summary (timings and timestamps aside) as a run that was never interrupted. A
+// resume.ckpt of the last epoch only writes the final outputs. Resuming from a Ctrl-C in the
+// middle of an epoch continues with the same weights, but that epoch's train loss and accuracy
+// in metrics.csv count only the batches after the resume.
 // Sets libtorch's global thread count; run one training per process.
 #pragma once
 
@@ -104,6 +111,13 @@ struct TrainSummary {
 Result<TrainSummary> Train(const data::Dataset& dataset, const TrainOptions& options,
                            std::ostream* progress, const std::atomic<bool>* stop,
                            const std::function<void(const EpochMetrics&)>& on_epoch = {});
+
+// Whether out_dir/resume.ckpt holds a run with exactly these options (all of them, threads and
+// the resolved precision included), so that Train with `resume = true` continues it to the
+// outputs an uninterrupted run writes. False when there is none, it cannot be read, or any option
+// differs. resume.ckpt is rewritten after every epoch, so a process killed at any moment
+// (kill -9, power loss) loses at most the epoch in progress.
+bool CanResume(const TrainOptions& options);
 
 // Learning rate at `step` of `total_steps` for the schedule in `options`.
 double LearningRateAt(const TrainOptions& options, int64_t step, int64_t total_steps);
