@@ -169,12 +169,22 @@ ServerProcess::ServerProcess(const std::filesystem::path& repository,
   }
 }
 
+// Compiled with the same -fsanitize flags as the `kiln` binary under test (one CMake preset).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitizerBuild = true;
+#else
+constexpr bool kSanitizerBuild = false;
+#endif
+
 ServerProcess::~ServerProcess() {
+  if (pid_ > 0 && kSanitizerBuild) Terminate(60);
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
     int status = 0;
     waitpid(pid_, &status, 0);
+    pid_ = -1;
   }
+  CheckSanitizerReport();
   std::error_code ec;
   std::filesystem::remove(log_, ec);
 }
@@ -194,11 +204,20 @@ int ServerProcess::Terminate(int timeout_s) {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      CheckSanitizerReport();
       return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return -1;
+}
+
+void ServerProcess::CheckSanitizerReport() {
+  if (checked_ || log_.empty()) return;
+  checked_ = true;
+  const std::string report = SanitizerReport(Log());
+  EXPECT_TRUE(report.empty()) << "sanitizer report from `kiln serve` (port " << port_ << "):\n"
+                              << report;
 }
 
 // ---------------------------------------------------------------------------------------------
