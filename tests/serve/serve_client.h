@@ -42,9 +42,10 @@ int FreePort();
 
 // `kiln serve --models <repo> --port P --metrics-port Q --grpc-port G <extra>` (free ports),
 // waited for until /v2/health/live answers; started() is false when it exited first. The
-// destructor stops it: SIGKILL, or in a sanitizer build SIGTERM first (SIGKILL after 60 s), so
-// that shutdown runs under the sanitizer too. A sanitizer report in its log fails the test, once
-// the server has exited (Terminate or the destructor).
+// destructor stops it: SIGTERM, SIGKILL after 60 s, so that a sanitized server's shutdown is
+// checked too. A sanitizer report in its log fails the test, once the server has exited
+// (Terminate or the destructor); the server may be a sanitized build started by unsanitized
+// tests (KILN_BINARY).
 class ServerProcess {
  public:
   ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra)
