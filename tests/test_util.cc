@@ -1,5 +1,6 @@
 #include "test_util.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
@@ -59,7 +60,21 @@ CommandResult RunKiln(const std::string& args, bool merge_stderr) {
   while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
   int status = pclose(pipe);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  const std::string report = SanitizerReport(r.output);
+  EXPECT_TRUE(report.empty()) << "sanitizer report from `kiln " << args << "`:\n" << report;
   return r;
+}
+
+std::string SanitizerReport(const std::string& output) {
+  // The first line of each kind of report; UBSan's is "<file>:<line>:<col>: runtime error: ...".
+  static constexpr std::array<const char*, 4> kMarkers = {
+      "ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "WARNING: ThreadSanitizer",
+      ": runtime error: "};
+  size_t first = std::string::npos;
+  for (const char* m : kMarkers) first = std::min(first, output.find(m));
+  if (first == std::string::npos) return "";
+  const size_t line = output.rfind('\n', first);
+  return output.substr(line == std::string::npos ? 0 : line + 1);
 }
 
 }  // namespace kiln::testing

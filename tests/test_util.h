@@ -41,8 +41,15 @@ struct CommandResult {
 std::string KilnBinary();
 
 // Runs `kiln <args>` through the shell and captures its output: stdout and stderr together, or
-// stdout alone when `merge_stderr` is false (stderr then goes to the test's own stderr).
+// stdout alone when `merge_stderr` is false (stderr then goes to the test's own stderr). A
+// sanitizer report in the captured output fails the calling test (see SanitizerReport).
 CommandResult RunKiln(const std::string& args, bool merge_stderr = true);
+
+// The first sanitizer report (ASan, UBSan, LSan or TSan) in a child process's output, from its
+// first line on; empty when there is none. A child's report must fail the test that started it
+// even when its exit code is what the test expected (TSan reports and carries on; ASan's exit
+// code 1 is also an ordinary error exit of `kiln`).
+std::string SanitizerReport(const std::string& output);
 
 }  // namespace kiln::testing
 

@@ -43,7 +43,7 @@ data::ImageSet Range(const data::ImageSet& set, int64_t from, int64_t to) {
   return set.Subset(idx);
 }
 
-class DriftTest : public ::testing::Test {
+class ServeDriftTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
@@ -132,11 +132,11 @@ class DriftTest : public ::testing::Test {
   static ServerProcess* server_;
   static inline int64_t sent_ = 0;  // images sent to "cifar"
 };
-TempDir* DriftTest::dir_ = nullptr;
-train::Checkpoint* DriftTest::ckpt_ = nullptr;
-ServerProcess* DriftTest::server_ = nullptr;
+TempDir* ServeDriftTest::dir_ = nullptr;
+train::Checkpoint* ServeDriftTest::ckpt_ = nullptr;
+ServerProcess* ServeDriftTest::server_ = nullptr;
 
-TEST_F(DriftTest, InDistributionStaysUnderShiftedGoesOverTheThresholds) {
+TEST_F(ServeDriftTest, InDistributionStaysUnderShiftedGoesOverTheThresholds) {
   const auto& test = SharedDataset().test;
   const data::ImageSet held_out = Range(test, 5000, 10000);
   // Each scenario sends a whole window, so the window holds only that scenario's predictions.
@@ -187,7 +187,7 @@ TEST_F(DriftTest, InDistributionStaysUnderShiftedGoesOverTheThresholds) {
   EXPECT_FALSE(OverAThreshold(Drift()["scores"])) << Drift()["scores"].dump();
 }
 
-TEST_F(DriftTest, ReferenceAndHistogramsAreExportedForRecomputationAcrossReplicas) {
+TEST_F(ServeDriftTest, ReferenceAndHistogramsAreExportedForRecomputationAcrossReplicas) {
   Send(SharedDataset().test, 64);
   const json d = Drift();
   ASSERT_TRUE(d["reference"].is_object());
@@ -219,7 +219,7 @@ TEST_F(DriftTest, ReferenceAndHistogramsAreExportedForRecomputationAcrossReplica
 
 // The web page's live panel (headless Chromium, as in serve_test) shows the drift scores of a
 // model with a reference.
-TEST_F(DriftTest, WebPageShowsTheDriftScores) {
+TEST_F(ServeDriftTest, WebPageShowsTheDriftScores) {
   // A full window: the page's own upload then moves the scores by one prediction in 1,000.
   Send(SharedDataset().test, kWindow);
   TempDir dir;
@@ -240,7 +240,7 @@ TEST_F(DriftTest, WebPageShowsTheDriftScores) {
       << out;
 }
 
-TEST_F(DriftTest, ModelWithoutReferenceHasNoScoresAndSaysWhy) {
+TEST_F(ServeDriftTest, ModelWithoutReferenceHasNoScoresAndSaysWhy) {
   Send(SharedDataset().test, 16, "plain");
   const json d = Drift("plain");
   EXPECT_TRUE(d["reference"].is_null());

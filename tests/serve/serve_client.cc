@@ -170,11 +170,15 @@ ServerProcess::ServerProcess(const std::filesystem::path& repository,
 }
 
 ServerProcess::~ServerProcess() {
+  // A clean stop, so that a sanitized server (KILN_BINARY) is checked through its shutdown too.
+  if (pid_ > 0) Terminate(60);
   if (pid_ > 0) {
     kill(pid_, SIGKILL);
     int status = 0;
     waitpid(pid_, &status, 0);
+    pid_ = -1;
   }
+  CheckSanitizerReport();
   std::error_code ec;
   std::filesystem::remove(log_, ec);
 }
@@ -199,12 +203,21 @@ int ServerProcess::Wait(int timeout_s) {
     int status = 0;
     if (waitpid(pid_, &status, WNOHANG) == pid_) {
       pid_ = -1;
+      CheckSanitizerReport();
       if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
       return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
   return -1;
+}
+
+void ServerProcess::CheckSanitizerReport() {
+  if (checked_ || log_.empty()) return;
+  checked_ = true;
+  const std::string report = SanitizerReport(Log());
+  EXPECT_TRUE(report.empty()) << "sanitizer report from `kiln serve` (port " << port_ << "):\n"
+                              << report;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -42,7 +42,10 @@ int FreePort();
 
 // `kiln serve --models <repo> --port P --metrics-port Q --grpc-port G <extra>` (free ports),
 // waited for until /v2/health/live answers; started() is false when it exited first. The
-// destructor stops it (SIGKILL if still running).
+// destructor stops it: SIGTERM, SIGKILL after 60 s, so that a sanitized server's shutdown is
+// checked too. A sanitizer report in its log fails the test, once the server has exited
+// (Terminate or the destructor); the server may be a sanitized build started by unsanitized
+// tests (KILN_BINARY).
 class ServerProcess {
  public:
   ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra)
@@ -67,10 +70,13 @@ class ServerProcess {
   pid_t pid() const { return pid_; }
 
  private:
+  void CheckSanitizerReport();
+
   pid_t pid_ = -1;
   int port_ = 0, metrics_port_ = 0, grpc_port_ = 0;
   std::filesystem::path log_;
   bool started_ = false;
+  bool checked_ = false;  // the log was searched for a sanitizer report
 };
 
 // The CIFAR-10 class names (the test models' labels.txt).

@@ -851,7 +851,12 @@ TEST(ServeShutdownTest, SigtermDuringLoadDrainsAndExitsZero) {
       }
     });
   }
+  // Under load, then stopped: at least 500 ms and until some answers came back (a sanitizer
+  // build on a busy machine can take longer than that for the first ones).
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  for (int i = 0; i < 300 && ok.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
   const int before = ok.load();
   const int code = server.Terminate();
   stop = true;
