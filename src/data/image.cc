@@ -387,7 +387,9 @@ Result<RgbImage> DecodeImage(std::string_view bytes, const ImageLimits& limits) 
     return InvalidArgumentError(name + " has zero size (" + std::to_string(header.width) + "x" +
                                 std::to_string(header.height) + ")");
   }
-  if (header.width * header.height > limits.max_pixels) {
+  // Divided, not multiplied: PNG and TIFF dimensions are 32-bit, and their product can overflow
+  // int64 into a small number that passes the limit (found by tests/fuzz: image).
+  if (header.width > limits.max_pixels / header.height) {
     return ResourceExhaustedError(name + " is " + std::to_string(header.width) + "x" +
                                   std::to_string(header.height) + " pixels, over the limit of " +
                                   std::to_string(limits.max_pixels) + " (refused before decoding)");
