@@ -126,8 +126,11 @@ Result<ImageHeader> TiffHeader(const Bytes& b) {
     const uint32_t tag = u16(e);
     const uint32_t type = u16(e + 2);
     const int64_t value = type == 3 ? u16(e + 8) : u32(e + 8);  // SHORT or LONG
-    if (tag == 256) width = value;
-    if (tag == 257) height = value;
+    // The first of duplicate tags counts, as in libtiff (which decodes the file): taking the
+    // last let a small duplicate hide a huge ImageWidth from the max_pixels check (found by
+    // tests/fuzz: image).
+    if (tag == 256 && width < 0) width = value;
+    if (tag == 257 && height < 0) height = value;
   }
   if (width < 0 || height < 0) return Truncated(ImageFormat::kTiff, "no ImageWidth/ImageLength");
   return ImageHeader{ImageFormat::kTiff, width, height};
