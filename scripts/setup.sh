@@ -41,6 +41,8 @@ PACKAGES=(
   # toolchain
   build-essential cmake ninja-build pkg-config git ca-certificates curl ccache
   clang-format clang-tidy
+  # fuzzing (scripts/fuzz.sh, the fuzz preset): clang 14 with libFuzzer and its sanitizer runtimes
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev
   # training: libtorch (CPU, oneDNN) + a fast BLAS (OpenMP build of OpenBLAS)
   libtorch-dev libopenblas0-openmp
   # data: tar.gz reading, checksums, downloads

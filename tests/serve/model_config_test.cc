@@ -66,6 +66,22 @@ TEST(ModelConfigTest, SyntaxErrorsNameTheLine) {
   EXPECT_NE(c.status().message().find("line 2"), std::string::npos) << c.status().message();
 }
 
+// The text format accepts any bytes in a string; proto3 strings (and the JSON of GET .../config)
+// must be UTF-8 (found by tests/fuzz: model_config).
+TEST(ModelConfigTest, RejectsInvalidUtf8Strings) {
+  for (const char* text : {"platform: \"onnx\\300\"", "name: \"\xc0\xaf\"",
+                           "input [ { name: \"in\\355\\240\\200\" } ]",
+                           "parameters { key: \"k\" value: { string_value: \"\xff\" } }"}) {
+    auto c = ParseModelConfig(text, nullptr);
+    ASSERT_FALSE(c.ok()) << text;
+    EXPECT_EQ(c.status().code(), StatusCode::kInvalidArgument);
+    EXPECT_NE(c.status().message().find("not valid UTF-8"), std::string::npos)
+        << c.status().message();
+  }
+  auto ok = ParseModelConfig("name: \"caf\xc3\xa9 \xf0\x9f\x94\xa5\"", nullptr);
+  KILN_ASSERT_RESULT_OK(ok);
+}
+
 TEST(ModelConfigTest, MissingConfigIsCompletedFromTheModel) {
   inference::ModelConfig c;
   CompleteOptions o;

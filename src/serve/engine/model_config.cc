@@ -10,6 +10,56 @@ namespace kiln::serve {
 
 namespace {
 
+// Well-formed UTF-8 (RFC 3629: shortest forms only, no surrogates, at most U+10FFFF).
+bool IsUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    const size_t n = c < 0x80           ? 1
+                     : (c >> 5) == 0x6  ? 2
+                     : (c >> 4) == 0xe  ? 3
+                     : (c >> 3) == 0x1e ? 4
+                                        : 0;
+    if (n == 0 || i + n > s.size()) return false;
+    uint32_t cp = n == 1 ? c : c & (0x7f >> n);
+    for (size_t k = 1; k < n; ++k) {
+      const auto t = static_cast<unsigned char>(s[i + k]);
+      if ((t & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (t & 0x3f);
+    }
+    static constexpr uint32_t kMin[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < kMin[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += n;
+  }
+  return true;
+}
+
+// The path of the first string field of `m` (nested messages and map entries included) that is
+// not valid UTF-8, or "". The text format takes any bytes in a string ("\300" escapes too), but
+// proto3 strings must be UTF-8: the config is printed as JSON by GET .../config and serialized
+// by the gRPC frontend.
+std::string InvalidUtf8Field(const google::protobuf::Message& m, const std::string& prefix) {
+  using google::protobuf::FieldDescriptor;
+  const google::protobuf::Reflection* r = m.GetReflection();
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const FieldDescriptor* f : fields) {
+    const std::string path = prefix.empty() ? f->name() : prefix + "." + f->name();
+    const int n = f->is_repeated() ? r->FieldSize(m, f) : 1;
+    for (int i = 0; i < n; ++i) {
+      if (f->type() == FieldDescriptor::TYPE_STRING) {
+        const std::string v = f->is_repeated() ? r->GetRepeatedString(m, f, i) : r->GetString(m, f);
+        if (!IsUtf8(v)) return path;
+      } else if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+        const std::string bad = InvalidUtf8Field(
+            f->is_repeated() ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f), path);
+        if (!bad.empty()) return bad;
+      }
+    }
+  }
+  return "";
+}
+
 class Collector : public google::protobuf::io::ErrorCollector {
  public:
   void AddError(int line, google::protobuf::io::ColumnNumber column,
@@ -150,6 +200,9 @@ Result<inference::ModelConfig> ParseModelConfig(std::string_view text,
   if (!parser.ParseFromString(std::string(text), &config)) {
     return InvalidArgumentError(collector.error.empty() ? "config.pbtxt: cannot parse"
                                                         : collector.error);
+  }
+  if (const std::string bad = InvalidUtf8Field(config, ""); !bad.empty()) {
+    return InvalidArgumentError("config.pbtxt: " + bad + " is not valid UTF-8");
   }
   if (warnings != nullptr) {
     warnings->insert(warnings->end(), collector.warnings.begin(), collector.warnings.end());
