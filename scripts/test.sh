@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Sets up (scripts/setup.sh), builds the release preset and runs the default test suite
-# (every ctest test not labelled `slow`), then the sanitizer stages (scripts/sanitize.sh: ASan +
-# UBSan, then TSan). Extra arguments go to the release suite's ctest, e.g. `-L unit`;
-# KILN_SANITIZE_STAGES=0 skips the sanitizer stages (a quick local run). Every stage runs even
-# when an earlier one failed; the exit code is non-zero when any did.
+# (every ctest test not labelled `slow`), then the fuzz stage (scripts/fuzz.sh: every libFuzzer
+# target for 30 s, two at a time). Extra arguments go to the release suite's ctest, e.g.
+# `-L unit`. KILN_FUZZ_STAGE=0 skips the fuzz stage; KILN_SANITIZE_STAGES=1 adds the sanitizer
+# stages (scripts/sanitize.sh: ASan + UBSan, then TSan), which CI does not run yet: their cold
+# build alone is ~25 min on 2 cores (docs/decisions.md, "Sanitizers in CI"). Every stage runs
+# even when an earlier one failed; the exit code is non-zero when any did.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -12,7 +14,10 @@ cmake --preset release
 cmake --build --preset release
 rc=0
 ctest --preset release "$@" || rc=$?
-if [ "${KILN_SANITIZE_STAGES:-1}" != 0 ]; then
+if [ "${KILN_FUZZ_STAGE:-1}" != 0 ]; then
+  scripts/fuzz.sh --seconds 30 --jobs 2 || rc=1
+fi
+if [ "${KILN_SANITIZE_STAGES:-0}" != 0 ]; then
   scripts/sanitize.sh || rc=1
 fi
 exit $rc
