@@ -25,6 +25,7 @@
 #include <string>
 #include <unistd.h>
 
+#include "../onnx_value_info.h"
 #include "../../src/serve/http/router.h"
 #include "fuzz_check.h"
 #include "kiln/serve/engine.h"
@@ -37,19 +38,6 @@ namespace rest = kiln::serve::rest;
 
 constexpr int kClasses = 10, kSide = 8, kInputs = 3 * kSide * kSide;
 
-void SetType(onnx::ValueInfoProto* v, const std::string& name, std::initializer_list<int64_t> dims) {
-  v->set_name(name);
-  auto* t = v->mutable_type()->mutable_tensor_type();
-  t->set_elem_type(onnx::TensorProto::FLOAT);
-  for (int64_t d : dims) {
-    auto* dim = t->mutable_shape()->add_dim();
-    if (d < 0) {
-      dim->set_dim_param("batch");
-    } else {
-      dim->set_dim_value(d);
-    }
-  }
-}
 
 std::string TinyClassifier() {
   onnx::ModelProto model;
@@ -60,8 +48,8 @@ std::string TinyClassifier() {
   opset->set_version(13);
   onnx::GraphProto* g = model.mutable_graph();
   g->set_name("tiny");
-  SetType(g->add_input(), "input", {-1, 3, kSide, kSide});
-  SetType(g->add_output(), "logits", {-1, kClasses});
+  ::kiln::testing::SetFloatTensorType(g->add_input(), "input", {-1, 3, kSide, kSide});
+  ::kiln::testing::SetFloatTensorType(g->add_output(), "logits", {-1, kClasses});
   auto add_init = [&](const std::string& name, std::initializer_list<int64_t> dims, int64_t n) {
     onnx::TensorProto* t = g->add_initializer();
     t->set_name(name);

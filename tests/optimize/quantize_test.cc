@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "../onnx_value_info.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/optimize/onnx_graph.h"
 #include "../test_util.h"
@@ -90,19 +91,6 @@ void AddFloat(onnx::GraphProto* g, const std::string& name, const std::vector<in
   t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
 }
 
-void SetType(onnx::ValueInfoProto* v, const std::string& name, const std::vector<int64_t>& dims) {
-  v->set_name(name);
-  auto* t = v->mutable_type()->mutable_tensor_type();
-  t->set_elem_type(onnx::TensorProto::FLOAT);
-  for (int64_t d : dims) {
-    auto* dim = t->mutable_shape()->add_dim();
-    if (d < 0) {
-      dim->set_dim_param("batch");
-    } else {
-      dim->set_dim_value(d);
-    }
-  }
-}
 
 // x [N,1,2,2] -> Conv 1x1 (w = {0.5, -1}, b = {0.1, 0.2}) -> Relu -> MaxPool 2x2 -> Flatten
 // -> Gemm (2x2 identity) -> y [N,2].
@@ -114,8 +102,8 @@ onnx::ModelProto TinyModel() {
   op->set_version(17);
   auto* g = m.mutable_graph();
   g->set_name("tiny");
-  SetType(g->add_input(), "x", {-1, 1, 2, 2});
-  SetType(g->add_output(), "y", {-1, 2});
+  ::kiln::testing::SetFloatTensorType(g->add_input(), "x", {-1, 1, 2, 2});
+  ::kiln::testing::SetFloatTensorType(g->add_output(), "y", {-1, 2});
   AddFloat(g, "w", {2, 1, 1, 1}, {0.5f, -1.0f});
   AddFloat(g, "b", {2}, {0.1f, 0.2f});
   AddFloat(g, "fc", {2, 2}, {1, 0, 0, 1});
