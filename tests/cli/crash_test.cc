@@ -115,20 +115,16 @@ void ExpectSameCheckpoint(const fs::path& a, const fs::path& b) {
   EXPECT_EQ(options(ca->meta.train_options_json), options(cb->meta.train_options_json));
   EXPECT_EQ(ca->meta.normalization.mean, cb->meta.normalization.mean);
   EXPECT_EQ(ca->meta.normalization.std, cb->meta.normalization.std);
-  auto pa = ca->model->named_parameters();
-  auto pb = cb->model->named_parameters();
-  ASSERT_EQ(pa.size(), pb.size());
-  for (const auto& p : pa) {
-    ASSERT_TRUE(pb.contains(p.key())) << p.key();
-    EXPECT_TRUE(torch::equal(p.value(), pb[p.key()])) << p.key() << " differs";
-  }
-  auto ba = ca->model->named_buffers();
-  auto bb = cb->model->named_buffers();
-  ASSERT_EQ(ba.size(), bb.size());
-  for (const auto& x : ba) {
-    ASSERT_TRUE(bb.contains(x.key())) << x.key();
-    EXPECT_TRUE(torch::equal(x.value(), bb[x.key()])) << x.key() << " differs";
-  }
+  // Parameters, then buffers: the same names with equal tensors.
+  auto expect_same = [](const auto& a, const auto& b) {
+    ASSERT_EQ(a.size(), b.size());
+    for (const auto& x : a) {
+      ASSERT_TRUE(b.contains(x.key())) << x.key();
+      EXPECT_TRUE(torch::equal(x.value(), b[x.key()])) << x.key() << " differs";
+    }
+  };
+  expect_same(ca->model->named_parameters(), cb->model->named_parameters());
+  expect_same(ca->model->named_buffers(), cb->model->named_buffers());
 }
 
 // metrics.csv without the two timing columns (epoch_seconds, train_images_per_second).

@@ -36,6 +36,17 @@ data::ImageSet TestImages(int64_t n) {
 // libtorch's TorchScript runtime), agree with the trained model in libtorch (eval mode) and with
 // each other: max |diff| <= 1e-4 and the same top-1 for every image, at batch 1, 7 and 64
 // through the symbolic batch dimension.
+// Each engine and the file `kiln export` writes for it.
+const std::vector<std::pair<std::string, std::string>> kExportedEngines = {
+    {"onnxruntime", "model.onnx"}, {"libtorch", "model.pt"}};
+
+Result<std::unique_ptr<backend::InferenceBackend>> OpenExported(
+    const std::filesystem::path& dir, const std::string& engine, const std::string& file) {
+  backend::BackendOptions bo;
+  bo.model_path = (dir / file).string();
+  return backend::CreateBackend(engine, bo);
+}
+
 TEST(ExportTest, BothEnginesMatchTheTrainedModel) {
   for (const char* arch : {"seed-cnn", "kiln-resnet"}) {
     SCOPED_TRACE(arch);
@@ -57,13 +68,9 @@ TEST(ExportTest, BothEnginesMatchTheTrainedModel) {
     loader.FillBatch(0, 0, input.data(), labels.data());
 
     std::map<std::string, torch::Tensor> full_batch;
-    for (const auto& [engine_name, file] :
-         {std::pair<std::string, std::string>{"onnxruntime", "model.onnx"},
-          std::pair<std::string, std::string>{"libtorch", "model.pt"}}) {
+    for (const auto& [engine_name, file] : kExportedEngines) {
       SCOPED_TRACE(engine_name);
-      backend::BackendOptions bo;
-      bo.model_path = (dir.path() / file).string();
-      auto engine = backend::CreateBackend(engine_name, bo);
+      auto engine = OpenExported(dir.path(), engine_name, file);
       KILN_ASSERT_RESULT_OK(engine);
       EXPECT_EQ((*engine)->name(), engine_name);
       EXPECT_TRUE((*engine)->capabilities().dynamic_batch);
@@ -116,15 +123,11 @@ TEST(ExportTest, DriftReferenceTravelsInBothFormats) {
   o.extra_metadata = extra;
   KILN_ASSERT_OK(ExportOnnx(ckpt, o, dir.path() / "model.onnx"));
   KILN_ASSERT_OK(ExportTorchScript(ckpt, dir.path() / "model.pt", "", extra));
-  for (const auto& [engine_name, file] :
-       {std::pair<std::string, std::string>{"onnxruntime", "model.onnx"},
-        std::pair<std::string, std::string>{"libtorch", "model.pt"}}) {
+  for (const auto& [engine_name, file] : kExportedEngines) {
     SCOPED_TRACE(engine_name);
-    backend::BackendOptions bo;
-    bo.model_path = (dir.path() / file).string();
-    auto engine = backend::CreateBackend(engine_name, bo);
+    auto engine = OpenExported(dir.path(), engine_name, file);
     KILN_ASSERT_RESULT_OK(engine);
-    auto meta = backend::ReadKilnMetadata((*engine)->metadata(), bo.model_path);
+    auto meta = backend::ReadKilnMetadata((*engine)->metadata(), (dir.path() / file).string());
     KILN_ASSERT_RESULT_OK(meta);
     ASSERT_TRUE(meta->drift_reference.has_value());
     EXPECT_EQ(meta->drift_reference->class_share, ref->class_share);

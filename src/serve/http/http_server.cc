@@ -10,8 +10,6 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <chrono>
-#include <condition_variable>
-#include <fstream>
 #include <iostream>
 #include <mutex>
 #include <optional>

@@ -22,18 +22,21 @@ void Router::Join() {
 }
 
 template <class F>
-void Router::Post(boost::asio::thread_pool& pool, Reply reply, F f) {
+void Router::Spawn(boost::asio::thread_pool& pool, Reply reply, F f) {
   boost::asio::post(pool, [reply = std::move(reply), f = std::move(f)]() mutable {
-    Response r;
     try {
-      r = f();
+      f(reply);
     } catch (const std::exception& e) {
-      r = Error(500, std::string("internal error: ") + e.what());
+      reply(Error(500, std::string("internal error: ") + e.what()));
     } catch (...) {
-      r = Error(500, "internal error");
+      reply(Error(500, "internal error"));
     }
-    reply(std::move(r));
   });
+}
+
+template <class F>
+void Router::Post(boost::asio::thread_pool& pool, Reply reply, F f) {
+  Spawn(pool, std::move(reply), [f = std::move(f)](Reply& r) mutable { r(f()); });
 }
 
 namespace {
@@ -110,15 +113,9 @@ void Router::Dispatch(Request req, Reply reply, bool metrics_only, std::string* 
   if (path == "/predict") {
     *handler = "/predict";
     if (!only("POST")) return;
-    auto shared = std::make_shared<Request>(std::move(req));
-    boost::asio::post(workers_, [this, shared, reply]() mutable {
-      try {
-        Predict(std::move(*shared), reply);
-      } catch (const std::exception& e) {
-        reply(Error(500, std::string("internal error: ") + e.what()));
-      }
+    return Spawn(workers_, std::move(reply), [this, req = std::move(req)](Reply& r) mutable {
+      Predict(std::move(req), r);
     });
-    return;
   }
   auto seg = Split(path, '/');  // "", "v2", ...
   if (seg.size() < 2 || seg[1] != "v2") {
@@ -215,15 +212,10 @@ void Router::Dispatch(Request req, Reply reply, bool metrics_only, std::string* 
     if (action == "infer") {
       *handler = base + "/infer";
       if (!only("POST")) return;
-      auto shared = std::make_shared<Request>(std::move(req));
-      boost::asio::post(workers_, [this, shared, model, version, reply]() mutable {
-        try {
-          Infer(std::move(*shared), model, version, reply);
-        } catch (const std::exception& e) {
-          reply(Error(500, std::string("internal error: ") + e.what()));
-        }
-      });
-      return;
+      return Spawn(workers_, std::move(reply),
+                   [this, req = std::move(req), model, version](Reply& r) mutable {
+                     Infer(std::move(req), model, version, r);
+                   });
     }
   }
   *handler = "other";
@@ -374,17 +366,13 @@ void Router::Infer(Request req, const std::string& model_name, const std::string
       [this, model, request, start, reply = std::move(reply)](Status s, InferResult r) mutable {
         if (!s.ok()) return reply(Error(s));
         // Formatting (JSON of every value) is the workers' job, not the instance thread's.
-        boost::asio::post(workers_, [this, model, request, start, r = std::move(r),
-                                     reply = std::move(reply)]() mutable {
-          try {
-            Response resp = FormatInferResponse(*model, *request, r);
-            window_.Add(std::chrono::duration<double>(Clock::now() - start).count(),
-                        request->batch);
-            reply(std::move(resp));
-          } catch (const std::exception& e) {
-            reply(Error(500, std::string("internal error: ") + e.what()));
-          }
-        });
+        Spawn(workers_, std::move(reply),
+              [this, model, request, start, r = std::move(r)](Reply& out) {
+                Response resp = FormatInferResponse(*model, *request, r);
+                window_.Add(std::chrono::duration<double>(Clock::now() - start).count(),
+                            request->batch);
+                out(std::move(resp));
+              });
       },
       /*follow_latest=*/version.empty());
 }

@@ -69,8 +69,11 @@ class Router {
 
  private:
   using Clock = std::chrono::steady_clock;
-  // Runs `f()` (returning a Response) on `pool` and replies with its result; an exception
-  // becomes a 500.
+  // Runs `f(reply)` on `pool`; f answers through the reply (now or later); an exception that
+  // escapes f becomes a 500.
+  template <class F>
+  void Spawn(boost::asio::thread_pool& pool, Reply reply, F f);
+  // The same for an f() that returns the Response.
   template <class F>
   void Post(boost::asio::thread_pool& pool, Reply reply, F f);
 

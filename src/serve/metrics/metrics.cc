@@ -1,13 +1,11 @@
 #include "kiln/serve/metrics.h"
 
-#include <algorithm>
 #include <prometheus/text_serializer.h>
 
-#include <charconv>
+#include <algorithm>
 #include <fstream>
 #include <memory>
 #include <mutex>
-#include <cmath>
 
 namespace kiln::serve::metrics {
 
