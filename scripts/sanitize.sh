@@ -4,8 +4,9 @@
 #   scripts/sanitize.sh           both stages: --asan, then --tsan
 #   scripts/sanitize.sh --asan    preset `debug` (ASan + UBSan): the unit tests (ctest preset
 #                                 `debug`), then the serving end-to-end tests (serve_test,
-#                                 grpc_test, drift_test of the release build) against the
-#                                 sanitized build/debug/kiln (ctest preset `asan-serve`)
+#                                 robustness_test, grpc_test, drift_test of the release build)
+#                                 against the sanitized build/debug/kiln (ctest preset
+#                                 `asan-serve`)
 #   scripts/sanitize.sh --tsan    preset `tsan` (ThreadSanitizer): builds only `kiln`; the same
 #                                 serving tests against build/tsan/kiln (ctest preset `tsan`)
 #   scripts/sanitize.sh --asan -- -R ServeTest    arguments after `--` go to every ctest run
@@ -38,7 +39,7 @@ done
 UNIT_TESTS=(core_test data_test train_test backend_test export_test optimize_test bench_test
             serve_unit_test)
 # The serving tests' drivers, from the release build (nothing to build after the release suite).
-SERVE_TESTS=(kiln serve_test grpc_test drift_test)
+SERVE_TESTS=(kiln serve_test grpc_test drift_test robustness_test)
 
 say() { printf '\033[1m[sanitize]\033[0m %s\n' "$*"; }
 

@@ -54,7 +54,9 @@ class Server final : public HttpServer {
     http_acceptor_.reset();
     metrics_acceptor_.reset();
     drain_timer_.reset();
+    work_.reset();  // still held when a drain was aborted
     router_.reset();
+    strand_.reset();
     ioc_.reset();
   }
 
@@ -84,7 +86,8 @@ class Server final : public HttpServer {
   const HttpOptions opt_;
   Admission* const admission_;
   std::unique_ptr<net::io_context> ioc_;
-  net::strand<net::io_context::executor_type> strand_;  // acceptors, drain timer
+  // Acceptors, the drain timer and the drain; optional so that it goes before the io_context.
+  std::optional<net::strand<net::io_context::executor_type>> strand_;
   std::unique_ptr<rest::Router> router_;
   std::optional<tcp::acceptor> http_acceptor_, metrics_acceptor_;
   std::optional<net::steady_timer> drain_timer_;
@@ -342,7 +345,7 @@ Status Server::Bind() {
     auto addr = net::ip::make_address(opt_.host, ec);
     if (ec) return InvalidArgumentError("--host '" + opt_.host + "': " + ec.message());
     tcp::endpoint ep(addr, static_cast<unsigned short>(port));
-    out->emplace(strand_);
+    out->emplace(*strand_);
     auto& a = **out;
     a.open(ep.protocol(), ec);
     if (!ec) a.set_option(net::socket_base::reuse_address(true), ec);
@@ -367,7 +370,7 @@ void Server::Accept(tcp::acceptor& a, bool metrics_only) {
     if (!a.is_open()) return;
     if (ec) {
       // Out of file descriptors and similar: retry shortly rather than spin.
-      auto t = std::make_shared<net::steady_timer>(strand_, std::chrono::milliseconds(50));
+      auto t = std::make_shared<net::steady_timer>(*strand_, std::chrono::milliseconds(50));
       t->async_wait([this, &a, metrics_only, t](beast::error_code) {
         if (a.is_open()) Accept(a, metrics_only);
       });
@@ -388,7 +391,7 @@ void Server::Start() {
   if (started_) return;
   started_ = true;
   work_.emplace(ioc_->get_executor());
-  net::post(strand_, [this] {
+  net::post(*strand_, [this] {
     Accept(*http_acceptor_, false);
     if (metrics_acceptor_) Accept(*metrics_acceptor_, true);
   });
@@ -432,7 +435,7 @@ void Server::BeginDrain(std::chrono::milliseconds drain) {
   }
   drain_start_ = Clock::now();
   drain_deadline_ = drain_start_ + drain;
-  drain_timer_.emplace(strand_);
+  drain_timer_.emplace(*strand_);
   Tick();
 }
 
@@ -459,7 +462,7 @@ void Server::Stop(std::chrono::milliseconds drain) {
   if (stopped_) return;
   stopped_ = true;
   if (started_) {
-    net::post(strand_, [this, drain] { BeginDrain(drain); });
+    net::post(*strand_, [this, drain] { BeginDrain(drain); });
     for (auto& t : threads_) t.join();
     threads_.clear();
   }
