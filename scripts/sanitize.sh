@@ -2,15 +2,20 @@
 # Builds and runs Kiln's sanitizer stages; CI runs both after the release suite (scripts/test.sh).
 #
 #   scripts/sanitize.sh           both stages: --asan, then --tsan
-#   scripts/sanitize.sh --asan    preset `debug` (ASan + UBSan): the unit tests (ctest preset
-#                                 `debug`), then the serving end-to-end tests (serve_test,
-#                                 robustness_test, grpc_test, drift_test of the release build)
-#                                 against the sanitized build/debug/kiln (ctest preset
-#                                 `asan-serve`)
-#   scripts/sanitize.sh --tsan    preset `tsan` (ThreadSanitizer): builds only `kiln`; the same
-#                                 serving tests against build/tsan/kiln (ctest preset `tsan`)
+#   scripts/sanitize.sh --asan    preset `asan` (ASan + UBSan, -O1, the serving side only:
+#                                 KILN_SERVE_ONLY): its unit tests (ctest preset `asan`: core,
+#                                 data, backend, model config, the batcher on a manual clock, the
+#                                 fuzz corpora), then the serving end-to-end tests (serve_test,
+#                                 grpc_test, drift_test, robustness_test of the release build)
+#                                 against the sanitized build/asan/kiln (ctest preset `asan-serve`)
+#   scripts/sanitize.sh --tsan    preset `tsan` (ThreadSanitizer, the same serving-side build):
+#                                 its unit tests (ctest preset `tsan-unit`; the batcher test runs
+#                                 the engine's threads in process), then the same serving tests
+#                                 against build/tsan/kiln (ctest preset `tsan`)
 #   scripts/sanitize.sh --asan -- -R ServeTest    arguments after `--` go to every ctest run
 #
+# The whole project under ASan (training, export, optimization too) is the `debug` preset:
+# `cmake --preset debug && cmake --build --preset debug && ctest --preset debug`.
 # The serving tests are drivers: what runs sanitized is the `kiln serve` process they start
 # (KILN_BINARY), and a report in its log fails the test. The sanitizer options (ASAN_OPTIONS,
 # UBSAN_OPTIONS, TSAN_OPTIONS with tests/sanitizers/tsan.supp) are set by those ctest presets in
@@ -27,7 +32,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --asan) STAGES+=(asan) ;;
     --tsan) STAGES+=(tsan) ;;
-    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     --) shift; CTEST_ARGS=("$@"); break ;;
     *) echo "sanitize.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
@@ -35,9 +40,6 @@ while [ $# -gt 0 ]; do
 done
 [ ${#STAGES[@]} -gt 0 ] || STAGES=(asan tsan)
 
-# The unit tests built with ASan + UBSan (every executable with tests labelled `unit`).
-UNIT_TESTS=(core_test data_test train_test backend_test export_test optimize_test bench_test
-            serve_unit_test)
 # The serving tests' drivers, from the release build (nothing to build after the release suite).
 SERVE_TESTS=(kiln serve_test grpc_test drift_test robustness_test)
 
@@ -64,15 +66,16 @@ for stage in "${STAGES[@]}"; do
   case "$stage" in
     asan)
       say "ASan + UBSan"
-      if build debug kiln "${UNIT_TESTS[@]}" && build release "${SERVE_TESTS[@]}"; then
-        tests debug || failed+=(asan-unit)
+      if build asan all && build release "${SERVE_TESTS[@]}"; then
+        tests asan || failed+=(asan-unit)
         tests asan-serve || failed+=(asan-serve)
       else
         failed+=(asan-build)
       fi ;;
     tsan)
       say "TSan"
-      if build tsan kiln && build release "${SERVE_TESTS[@]}"; then
+      if build tsan all && build release "${SERVE_TESTS[@]}"; then
+        tests tsan-unit || failed+=(tsan-unit)
         tests tsan || failed+=(tsan)
       else
         failed+=(tsan-build)

@@ -43,6 +43,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", [] { return std::string("kiln ") + kiln::Version(); });
   kiln::cli::Runner run;
+#ifndef KILN_SERVE_ONLY  // the sanitizer builds' serving-only binary (CMake KILN_SERVE_ONLY)
   kiln::cli::RegisterDataCommand(app, &run);
   kiln::cli::RegisterTrainCommand(app, &run);
   kiln::cli::RegisterEvalCommand(app, &run);
@@ -52,9 +53,10 @@ int main(int argc, char** argv) {
   kiln::cli::RegisterBenchCommand(app, &run);
   kiln::cli::RegisterPipelineCommand(app, &run);
   kiln::cli::RegisterVersionCommand(app, &run);
+  kiln::cli::RegisterDriftCommand(app, &run);
+#endif
   kiln::cli::RegisterServeCommand(app, &run);
   kiln::cli::RegisterLoadgenCommand(app, &run);
-  kiln::cli::RegisterDriftCommand(app, &run);
   for (int i = 0; i < argc; ++i) {
     kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
   }

@@ -453,25 +453,22 @@ TEST_F(ServeTest, FullQueueAnswers503AtOnce) {
     if (s["pending_requests"].get<int>() >= 2) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  const auto t0 = std::chrono::steady_clock::now();
+  // That it is refused at once, before any batch runs, batcher_test checks on a manual clock;
+  // here: the HTTP mapping, and the two queued requests still served.
   auto full = Http(Url("/v2/models/queue/infer"), Post(body));
-  const auto waited = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(full.status, 503) << full.body;
   EXPECT_NE(json::parse(full.body)["error"].get<std::string>().find("queue is full"),
             std::string::npos);
-  // Refused at once, not after the 5 s batching window (a generous bound, not a benchmark).
-  EXPECT_LT(waited, std::chrono::seconds(4));
   for (auto& t : waiting) t.join();
   EXPECT_EQ(codes, (std::vector<long>{200, 200}));
 }
 
 TEST_F(ServeTest, RequestsTimeOutInTheQueue) {
-  const auto t0 = std::chrono::steady_clock::now();
+  // When it times out (exactly at its timeout, not after the 5 s batch window) batcher_test
+  // checks on a manual clock; here: the HTTP mapping and the statistics.
   auto r = Http(Url("/v2/models/timeout/infer"), Post(InferJson(RandomInput(1, 12), 1)));
-  const auto waited = std::chrono::steady_clock::now() - t0;
   EXPECT_EQ(r.status, 503) << r.body;
   EXPECT_NE(r.body.find("timed out"), std::string::npos) << r.body;
-  EXPECT_LT(waited, std::chrono::seconds(4));  // at its timeout, not after the 5 s batch window
   auto stats = json::parse(Http(Url("/v2/models/timeout/stats")).body)["model_stats"][0];
   EXPECT_EQ(stats["inference_stats"]["fail"]["count"], 1);
   EXPECT_EQ(stats["execution_count"], 0);

@@ -24,6 +24,8 @@
 #include <string_view>
 #include <vector>
 
+#include "kiln/backend/inference_backend.h"
+#include "kiln/core/clock.h"
 #include "kiln/core/drift.h"
 #include "kiln/core/status.h"
 #include "kiln/data/image.h"
@@ -34,6 +36,11 @@
 namespace kiln::serve {
 
 enum class ModelControlMode { kNone, kPoll, kExplicit };
+
+// Opens a model file as a backend: `kind` is "onnxruntime" or "libtorch" (backend::CreateBackend's
+// signature).
+using BackendFactory = std::function<Result<std::unique_ptr<backend::InferenceBackend>>(
+    const std::string& kind, const backend::BackendOptions& options)>;
 
 struct EngineOptions {
   std::string repository;  // folder of <model>/config.pbtxt and <model>/<version>/model.*
@@ -54,6 +61,11 @@ struct EngineOptions {
   // only get the confidence histogram). 0 turns drift tracking off.
   int64_t drift_window_size = 1000;
   int drift_window_seconds = 600;
+  // Seams for tests (tests/serve/batcher_test.cc): the clock the batchers read (null: the
+  // steady clock; it must outlive the engine) and how a model file becomes a backend (empty:
+  // backend::CreateBackend).
+  Clock* clock = nullptr;
+  BackendFactory backend_factory;
 
   Status Validate() const;
 };
