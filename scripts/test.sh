@@ -9,6 +9,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# ccache (when installed) keys on paths relative to the checkout, so another clone hits it too.
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
 scripts/setup.sh
 cmake --preset release
 cmake --build --preset release
