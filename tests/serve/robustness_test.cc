@@ -319,6 +319,25 @@ TEST(MetricsTest, AnUnloadedVersionLeavesNoSeriesBehind) {
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
 }
 
+// The HTTP method is the client's word: unknown ones share one series, so no client can add
+// series to /metrics at will.
+TEST(MetricsTest, UnknownHttpMethodsShareOneSeries) {
+  auto repo = MakeRepository();
+  ServerProcess server(repo->path(), {});
+  ASSERT_TRUE(server.started()) << server.Log();
+  for (const char* method : {"KILNFROB1", "KILNFROB2"}) {
+    Connection c(PortOf(server.url()));
+    ASSERT_TRUE(c.connected());
+    ASSERT_TRUE(c.Send(std::string(method) + " /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n"));
+    const std::string answer = c.ReadResponse();
+    EXPECT_EQ(answer.rfind("HTTP/1.1 405", 0), 0u) << answer;
+  }
+  const std::string metrics = Http(server.metrics_url() + "/metrics").body;
+  EXPECT_EQ(metrics.find("KILNFROB"), std::string::npos);
+  EXPECT_NE(metrics.find("method=\"other\""), std::string::npos) << metrics;
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
 // 1,000 slow clients each sending a byte a second do not keep another client from being served.
 TEST(SlowClientTest, ThousandByteASecondClientsDoNotStopOthers) {
   auto repo = MakeRepository();

@@ -1,5 +1,8 @@
 #include "router.h"
 
+#include <algorithm>
+#include <array>
+
 #include <boost/asio/post.hpp>
 #include <cmath>
 #include <memory>
@@ -53,9 +56,15 @@ bool IsError(const std::string& handler, unsigned code) {
 
 void Router::RecordHttp(const std::string& handler, const std::string& method, unsigned code,
                         double seconds) {
+  // The method is the client's word: any other token would add a series per distinct string (a
+  // client could grow /metrics without bound, or put bytes that are not UTF-8 into it).
+  static constexpr std::array<std::string_view, 7> kMethods = {"GET",     "POST",  "HEAD", "PUT",
+                                                               "DELETE",  "PATCH", "OPTIONS"};
+  const bool known = std::find(kMethods.begin(), kMethods.end(), method) != kMethods.end();
   registry_
       ->Histogram("http_request_duration_seconds", "HTTP request duration by handler",
-                  {{"handler", handler}, {"method", method}, {"code", std::to_string(code)}},
+                  {{"handler", handler}, {"method", known ? method : "other"},
+                   {"code", std::to_string(code)}},
                   metrics::DefaultLatencyBuckets())
       ->Observe(seconds);
   requests_.fetch_add(1);
