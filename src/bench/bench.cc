@@ -20,6 +20,7 @@
 #include "kiln/backend/onnxruntime_backend.h"
 #include "kiln/bench/roof.h"
 #include "kiln/core/file.h"
+#include "kiln/core/process.h"
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/loader.h"
@@ -176,20 +177,31 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
   std::error_code ec;
   fs::remove(out, ec);
   std::vector<int64_t> threads(o.threads.begin(), o.threads.end());
-  std::ostringstream cmd;
-  cmd << "'" << o.python << "' '" << script.string() << "' --torchscript '"
-      << (manifest_dir / fp32["torchscript_file"].get<std::string>()).string() << "' --inputs '"
-      << inputs.string() << "' --images " << images << " --shape " << shape[1] << "," << shape[2]
-      << "," << shape[3] << " --batch-sizes " << Join(o.batch_sizes) << " --threads "
-      << Join(threads) << " --warmup-runs " << o.warmup_runs << " --warmup-seconds "
-      << o.warmup_seconds << " --min-runs " << o.min_runs << " --min-seconds " << o.min_seconds
-      << " --max-seconds " << o.max_seconds << " --stable-tolerance " << o.stable_tolerance
-      << " --rounds 1 --output '" << out.string() << "' --variant '" << fp32.value("name", "fp32")
-      << "'";
-  if (progress) *progress << "[bench] peers: " << cmd.str() << "\n" << std::flush;
-  const int rc = std::system((cmd.str() + " 1>&2").c_str());
+  auto text = [](auto v) {
+    std::ostringstream ss;
+    ss << v;
+    return ss.str();
+  };
+  const std::vector<std::string> argv = {
+      o.python, script.string(), "--torchscript",
+      (manifest_dir / fp32["torchscript_file"].get<std::string>()).string(), "--inputs",
+      inputs.string(), "--images", std::to_string(images), "--shape",
+      text(shape[1]) + "," + text(shape[2]) + "," + text(shape[3]), "--batch-sizes",
+      Join(o.batch_sizes), "--threads", Join(threads), "--warmup-runs", text(o.warmup_runs),
+      "--warmup-seconds", text(o.warmup_seconds), "--min-runs", text(o.min_runs),
+      "--min-seconds", text(o.min_seconds), "--max-seconds", text(o.max_seconds),
+      "--stable-tolerance", text(o.stable_tolerance), "--rounds", "1", "--output", out.string(),
+      "--variant", fp32.value("name", "fp32")};
+  if (progress) *progress << "[bench] peers: " << CommandLineForDisplay(argv) << "\n" << std::flush;
+  // The script's chatter goes to stderr: stdout may carry Kiln's own report.
+  const Result<int> rc = RunProcess(argv, {.stdout_to_stderr = true});
+  if (!rc.ok()) {
+    unavailable["reason"] = rc.status().message() + "; is python3-torch installed for " +
+                            o.python + "?";
+    return unavailable;
+  }
   if (!fs::exists(out)) {
-    unavailable["reason"] = "peer script failed (exit " + std::to_string(rc) +
+    unavailable["reason"] = "peer script failed (exit " + std::to_string(*rc) +
                             "); is python3-torch installed for " + o.python + "?";
     return unavailable;
   }
