@@ -74,7 +74,6 @@ class Batcher {
 
   const std::shared_ptr<const ModelInfo>& info() const { return info_; }
   DriftTracker* drift() const { return drift_.get(); }
-  Clock* clock() const { return clock_; }
   Clock::duration timeout() const { return timeout_; }
 
   // False when stopping (`request` is left untouched: the caller resolves the model again);

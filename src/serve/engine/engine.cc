@@ -16,7 +16,8 @@ using SteadyTime = std::chrono::steady_clock;
 // each version's Batcher (queue, batches, instances).
 class EngineImpl : public Engine {
  public:
-  EngineImpl(const EngineOptions& o, metrics::Registry* r) : repository_(o, r) {}
+  EngineImpl(const EngineOptions& o, metrics::Registry* r)
+      : clock_(o.clock != nullptr ? o.clock : SteadyClock()), repository_(o, r) {}
   ~EngineImpl() override { Shutdown(); }
 
   Status Start() { return repository_.Start(); }
@@ -45,6 +46,7 @@ class EngineImpl : public Engine {
     p->input = std::move(input);
     p->batch = batch;
     p->done = std::move(done);
+    p->enqueued = clock_->Now();
     // A version being replaced refuses new work; resolve again and go to its successor.
     for (int attempt = 0; attempt < 3; ++attempt) {
       const bool latest = attempt > 0 && follow_latest;
@@ -61,7 +63,6 @@ class EngineImpl : public Engine {
                 {});
         return;
       }
-      if (p->enqueued == Clock::time_point{}) p->enqueued = (*v)->clock()->Now();
       p->deadline = p->enqueued + (*v)->timeout();
       if ((*v)->Enqueue(p)) return;
     }
@@ -104,6 +105,7 @@ class EngineImpl : public Engine {
   void Shutdown() override { repository_.Shutdown(); }
 
  private:
+  Clock* const clock_;  // the batchers' clock (EngineOptions::clock)
   ModelRepository repository_;
 };
 
