@@ -22,6 +22,15 @@ std::string ReadFile(const fs::path& p) {
   return ss.str();
 }
 
+// The first `n` bytes of a file (fewer when it is shorter), without reading the rest.
+std::string ReadHead(const fs::path& p, size_t n) {
+  std::ifstream in(p, std::ios::binary);
+  std::string head(n, '\0');
+  in.read(head.data(), static_cast<std::streamsize>(n));
+  head.resize(static_cast<size_t>(std::max<std::streamsize>(0, in.gcount())));
+  return head;
+}
+
 std::vector<std::string> ReadLines(const fs::path& p) {
   std::vector<std::string> lines;
   std::ifstream in(p);
@@ -304,7 +313,7 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
   }
   if (!onnx) {
     // The classic libtorch failure: a torch.save() pickle instead of a TorchScript archive.
-    const std::string head = ReadFile(model_path).substr(0, 4);
+    const std::string head = ReadHead(model_path, 4);  // not the whole model
     if (head.rfind("PK", 0) != 0) {
       return InvalidArgumentError(
           file + " is not a TorchScript archive (a zip): it was probably written with "
