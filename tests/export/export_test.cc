@@ -32,10 +32,6 @@ data::ImageSet TestImages(int64_t n) {
   return testing::SharedDataset().test.Subset(idx);
 }
 
-// Both exported files, each run by its engine (model.onnx by ONNX Runtime, model.pt by
-// libtorch's TorchScript runtime), agree with the trained model in libtorch (eval mode) and with
-// each other: max |diff| <= 1e-4 and the same top-1 for every image, at batch 1, 7 and 64
-// through the symbolic batch dimension.
 // Each engine and the file `kiln export` writes for it.
 const std::vector<std::pair<std::string, std::string>> kExportedEngines = {
     {"onnxruntime", "model.onnx"}, {"libtorch", "model.pt"}};
@@ -47,6 +43,10 @@ Result<std::unique_ptr<backend::InferenceBackend>> OpenExported(
   return backend::CreateBackend(engine, bo);
 }
 
+// Both exported files, each run by its engine (model.onnx by ONNX Runtime, model.pt by
+// libtorch's TorchScript runtime), agree with the trained model in libtorch (eval mode) and with
+// each other: max |diff| <= 1e-4 and the same top-1 for every image, at batch 1, 7 and 64
+// through the symbolic batch dimension.
 TEST(ExportTest, BothEnginesMatchTheTrainedModel) {
   for (const char* arch : {"seed-cnn", "kiln-resnet"}) {
     SCOPED_TRACE(arch);

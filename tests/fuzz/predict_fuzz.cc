@@ -38,7 +38,6 @@ namespace rest = kiln::serve::rest;
 
 constexpr int kClasses = 10, kSide = 8, kInputs = 3 * kSide * kSide;
 
-
 std::string TinyClassifier() {
   onnx::ModelProto model;
   model.set_ir_version(8);

@@ -91,7 +91,6 @@ void AddFloat(onnx::GraphProto* g, const std::string& name, const std::vector<in
   t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
 }
 
-
 // x [N,1,2,2] -> Conv 1x1 (w = {0.5, -1}, b = {0.1, 0.2}) -> Relu -> MaxPool 2x2 -> Flatten
 // -> Gemm (2x2 identity) -> y [N,2].
 onnx::ModelProto TinyModel() {
