@@ -15,16 +15,18 @@
 #include <thread>
 #include <tuple>
 
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
+#include "kiln/backend/libtorch/libtorch_backend.h"
 #include "kiln/backend/model_metadata.h"
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 #include "kiln/bench/roof.h"
 #include "kiln/core/file.h"
 #include "kiln/core/process.h"
+#include "kiln/core/statistics.h"
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/loader.h"
-#include "kiln/train/checkpoint.h"
 
 #ifndef KILN_SOURCE_DIR
 #define KILN_SOURCE_DIR "."
@@ -93,15 +95,6 @@ int64_t PeakRssBytes() {
   return 0;
 }
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p / 100.0 * static_cast<double>(v.size() - 1);
-  const auto lo = static_cast<size_t>(std::floor(rank));
-  const size_t hi = std::min(lo + 1, v.size() - 1);
-  return v[lo] + (v[hi] - v[lo]) * (rank - static_cast<double>(lo));
-}
-
 struct Timing {
   std::vector<double> ms;
   bool stable = false;
@@ -126,8 +119,8 @@ Result<Timing> Measure(backend::InferenceBackend& engine, const float* input, in
     const double elapsed = std::chrono::duration<double>(Clock::now() - start).count();
     if (static_cast<int>(t.ms.size()) >= o.min_runs && elapsed >= o.min_seconds) {
       const size_t half = t.ms.size() / 2;
-      const double a = Percentile(std::vector<double>(t.ms.begin(), t.ms.begin() + half), 50);
-      const double b = Percentile(std::vector<double>(t.ms.begin() + half, t.ms.end()), 50);
+      const double a = Quantile(std::vector<double>(t.ms.begin(), t.ms.begin() + half), 0.50);
+      const double b = Quantile(std::vector<double>(t.ms.begin() + half, t.ms.end()), 0.50);
       if (std::fabs(a - b) <= o.stable_tolerance * std::max(a, b)) {
         t.stable = true;
         break;
@@ -139,12 +132,12 @@ Result<Timing> Measure(backend::InferenceBackend& engine, const float* input, in
 }
 
 json Stats(const Timing& t, int64_t batch) {
-  const double median = Percentile(t.ms, 50);
+  const double median = Quantile(t.ms, 0.50);
   return {{"runs", t.ms.size()},
           {"stable", t.stable},
           {"median_ms", median},
-          {"p90_ms", Percentile(t.ms, 90)},
-          {"p99_ms", Percentile(t.ms, 99)},
+          {"p90_ms", Quantile(t.ms, 0.90)},
+          {"p99_ms", Quantile(t.ms, 0.99)},
           {"min_ms", *std::min_element(t.ms.begin(), t.ms.end())},
           {"max_ms", *std::max_element(t.ms.begin(), t.ms.end())},
           {"images_per_second", median > 0 ? 1000.0 * static_cast<double>(batch) / median : 0.0}};
@@ -215,29 +208,10 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
 
 }  // namespace
 
-std::optional<std::pair<double, double>> ConfidenceInterval95(const std::vector<double>& rounds) {
-  const size_t n = rounds.size();
-  if (n < 2) return std::nullopt;
-  // t(0.975, df) for df = 1..30; beyond that the normal 1.96 is within 4%.
-  static constexpr double kT[] = {12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306,
-                                  2.262,  2.228, 2.201, 2.179, 2.160, 2.145, 2.131, 2.120,
-                                  2.110,  2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-                                  2.060,  2.056, 2.052, 2.048, 2.045, 2.042};
-  const double t = n - 1 <= std::size(kT) ? kT[n - 2] : 1.96;
-  double mean = 0;
-  for (double x : rounds) mean += x;
-  mean /= static_cast<double>(n);
-  double ss = 0;
-  for (double x : rounds) ss += (x - mean) * (x - mean);
-  const double sd = std::sqrt(ss / static_cast<double>(n - 1));
-  const double half = t * sd / std::sqrt(static_cast<double>(n));
-  return std::make_pair(mean - half, mean + half);
-}
-
 void AddConfidenceIntervals(json* results) {
   for (json& cell : *results) {
     if (!cell.contains("round_medians_ms")) continue;
-    auto ci = ConfidenceInterval95(cell["round_medians_ms"].get<std::vector<double>>());
+    auto ci = MeanConfidenceInterval(cell["round_medians_ms"].get<std::vector<double>>(), 0.95);
     if (ci) cell["ci95_ms"] = {ci->first, ci->second};
   }
 }
@@ -494,7 +468,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         KILN_ASSIGN_OR_RETURN(Timing t, Measure(*engine, inputs.data(), batch, out, o));
         Samples& s = samples[{j, batch}];
         s.ms.insert(s.ms.end(), t.ms.begin(), t.ms.end());
-        s.round_medians.push_back(Percentile(t.ms, 50));
+        s.round_medians.push_back(Quantile(t.ms, 0.50));
         s.stable = s.stable && t.stable;
         s.peak_rss = std::max(s.peak_rss, PeakRssBytes());
         if (fp32_entry.is_object() && name == fp32_entry.value("name", "") &&
@@ -533,7 +507,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
                                        c.at("threads").get<int>(), c.at("batch").get<int64_t>()}];
             const auto ms = c.at("runs_ms").get<std::vector<double>>();
             pc.ms.insert(pc.ms.end(), ms.begin(), ms.end());
-            pc.round_medians.push_back(Percentile(ms, 50));
+            pc.round_medians.push_back(Quantile(ms, 0.50));
             pc.stable = pc.stable && c.value("stable", false);
             pc.variant = c.value("variant", "");
           }
@@ -618,7 +592,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       {"versions",
        {{"kiln", Version()},
         {"onnxruntime", ort.ok() ? *ort : "unavailable"},
-        {"libtorch", train::TorchVersion()},
+        {"libtorch", backend::LibtorchVersion()},
         {"python_torch", peers.value("torch_version", "unavailable")}}},
       {"method",
        {{"inputs", std::to_string(n_inputs) +

@@ -9,6 +9,7 @@
 #include "commands.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/data/cifar10.h"
+#include "kiln/eval/evaluate.h"
 #include "kiln/train/checkpoint.h"
 #include "kiln/train/evaluate.h"
 
@@ -28,7 +29,7 @@ struct EvalArgs {
 
 // Test-set evaluation of an exported model file through an inference backend; normalization
 // and labels come from the file's Kiln metadata.
-Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
+Result<std::pair<EvalResult, std::vector<std::string>>> EvalModelFile(
     const EvalArgs& a, const data::ImageSet& test) {
   KILN_ASSIGN_OR_RETURN(auto engine, OpenModelFile(a.model, a.backend, a.threads));
   KILN_ASSIGN_OR_RETURN(ModelMetadata info, ReadModelMetadata(*engine, a.model));
@@ -37,7 +38,7 @@ Result<std::pair<train::EvalResult, std::vector<std::string>>> EvalModelFile(
                                 " labels for " +
                                 std::to_string(engine->OutputElementsPerSample()) + " outputs");
   }
-  auto r = train::EvaluateEngine(*engine, test, info.normalization, a.batch_size);
+  auto r = eval::EvaluateEngine(*engine, test, info.normalization, a.batch_size);
   if (!r.ok()) return r.status().WithContext(a.model);
   return std::make_pair(std::move(r).value(), std::move(info.labels));
 }
@@ -60,7 +61,7 @@ int RunEval(const EvalArgs& a) {
     std::cerr << "kiln eval: " << ds.status().ToString() << "\n";
     return kExitFailure;
   }
-  train::EvalResult r;
+  EvalResult r;
   std::vector<std::string> names;
   std::string what;  // what was evaluated, for the report
   if (!a.model.empty()) {

@@ -6,14 +6,16 @@
 #include <nlohmann/json.hpp>
 
 #include "commands.h"
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/export/drift_reference.h"
 #include "kiln/export/onnx_export.h"
+#include "kiln/eval/parity.h"
 #include "kiln/export/torchscript_export.h"
-#include "kiln/export/verify.h"
 #include "kiln/train/checkpoint.h"
+#include "kiln/train/evaluate.h"
 
 namespace kiln::cli {
 
@@ -94,6 +96,14 @@ int RunExport(ExportArgs a) {
               static_cast<long long>(fs::file_size(ts_file)));
   if (a.skip_check) return 0;
 
+  // The checkpoint's logits on the test set, once: the reference both exports must match.
+  auto logits = train::PredictLogits(*ckpt->model, ds->test, ckpt->meta.normalization);
+  if (!logits.ok()) {
+    std::cerr << "kiln export: " << logits.status().ToString() << "\n";
+    return kExitFailure;
+  }
+  const torch::Tensor flat = logits->contiguous();
+  const std::vector<float> reference(flat.data_ptr<float>(), flat.data_ptr<float>() + flat.numel());
   int failures = 0;
   for (const auto& [engine_name, file] :
        {std::pair<std::string, fs::path>{"onnxruntime", onnx_file},
@@ -106,8 +116,10 @@ int RunExport(ExportArgs a) {
       std::cerr << "kiln export: " << engine.status().ToString() << "\n";
       return kExitFailure;
     }
-    exporter::ParityReport report;
-    Status parity = exporter::CheckParity(*ckpt, **engine, ds->test, a.tolerance, &report);
+    eval::ParityReport report;
+    Status parity =
+        eval::CheckParity(reference, ckpt->meta.shape.num_classes, **engine, ds->test,
+                          ckpt->meta.normalization, a.tolerance, &report);
     std::printf(
         "check on %lld test images, %s via %s vs the checkpoint in libtorch: max |diff| %.3g, "
         "top-1 mismatches %lld, accuracy %.2f%%\n",

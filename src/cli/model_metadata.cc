@@ -1,3 +1,4 @@
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/model_metadata.h"
 
 #include "commands.h"

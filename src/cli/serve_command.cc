@@ -9,10 +9,10 @@
 #include <thread>
 
 #include "commands.h"
-#include "kiln/serve/admission.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/grpc_server.h"
-#include "kiln/serve/http_server.h"
+#include "kiln/serve/engine/admission.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/grpc/grpc_server.h"
+#include "kiln/serve/http/http_server.h"
 
 namespace kiln::cli {
 

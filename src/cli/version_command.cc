@@ -3,7 +3,7 @@
 #include <opencv2/core/version.hpp>
 
 #include "commands.h"
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 #include "kiln/core/version.h"
 #include "kiln/train/checkpoint.h"
 

@@ -7,18 +7,19 @@
 #include <iostream>
 #include <random>
 
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
 #include "kiln/core/file.h"
 #include "kiln/core/hash.h"
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
+#include "kiln/eval/evaluate.h"
 #include "kiln/data/loader.h"
 #include "kiln/export/onnx_export.h"
 #include "kiln/export/torchscript_export.h"
-#include "kiln/optimize/onnx_graph.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
 #include "kiln/train/checkpoint.h"
-#include "kiln/train/evaluate.h"
 #include "kiln/train/trainer.h"
 
 namespace kiln::optimize {
@@ -100,7 +101,7 @@ class Optimizer {
     const fs::path pt = fs::path(o_.model).replace_extension(".pt");
     if (fs::exists(pt) && CopyFileAtomic(pt, o_.out_dir / "fp32.pt").ok()) fp32_ts = "fp32.pt";
     KILN_RETURN_IF_ERROR(LoadProgress());
-    KILN_ASSIGN_OR_RETURN(train::EvalResult base, Evaluate(fp32));
+    KILN_ASSIGN_OR_RETURN(EvalResult base, Evaluate(fp32));
     baseline_accuracy_ = base.accuracy;
     baseline_predictions_ = base.predictions;
     KILN_RETURN_IF_ERROR(AddEntry("fp32", fp32, fp32_ts, "fp32", json::object(), 0.0, 0.0, false));
@@ -258,12 +259,12 @@ class Optimizer {
     return WriteFileAtomic(ProgressFile(), record_.dump(1) + "\n");
   }
 
-  Result<train::EvalResult> Evaluate(const fs::path& model) {
+  Result<EvalResult> Evaluate(const fs::path& model) {
     backend::BackendOptions bo;
     bo.model_path = model.string();
     bo.intra_op_threads = o_.threads;
     KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend("onnxruntime", bo));
-    return train::EvaluateEngine(*engine, test_, norm_, 250);
+    return eval::EvaluateEngine(*engine, test_, norm_, 250);
   }
 
   // Normalized calibration images: a seeded random sample of the training split.
@@ -462,7 +463,7 @@ class Optimizer {
       KILN_ASSIGN_OR_RETURN(flops, FlopsPerSample(src));
     }
     Say("evaluating " + name + " on " + std::to_string(test_.size()) + " test images");
-    KILN_ASSIGN_OR_RETURN(train::EvalResult r, Evaluate(file));
+    KILN_ASSIGN_OR_RETURN(EvalResult r, Evaluate(file));
     int64_t agree = 0;
     for (size_t i = 0; i < r.predictions.size() && i < baseline_predictions_.size(); ++i) {
       agree += r.predictions[i] == baseline_predictions_[i] ? 1 : 0;

@@ -1,12 +1,9 @@
 #include "kiln/train/plot.h"
 
 #include <algorithm>
-#include <cstdio>
-#include <opencv2/imgcodecs.hpp>
-#include <opencv2/imgproc.hpp>
 #include <vector>
 
-#include "kiln/core/file.h"
+#include "kiln/plot/chart.h"
 
 namespace kiln::train {
 
@@ -15,15 +12,13 @@ namespace {
 struct Series {
   std::string name;
   std::vector<double> values;
-  cv::Scalar color;
+  plot::Rgb color;
 };
 
-// Draws one chart into `area` of `img`: axes, ticks, a line per series and a legend.
-// The legend goes top-right for falling curves (loss) and bottom-right for rising ones.
-void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title,
+// One chart in the canvas box `area`: a line per series against the epoch, legend top-right for
+// falling curves (loss) and bottom-right for rising ones (accuracy).
+void DrawChart(plot::Canvas& canvas, plot::Box area, const std::string& title,
                const std::vector<Series>& series, bool percent) {
-  const int left = 60, right = 15, top = 30, bottom = 40;
-  cv::Rect plot(area.x + left, area.y + top, area.width - left - right, area.height - top - bottom);
   double lo = 1e300, hi = -1e300;
   size_t n = 0;
   for (const auto& s : series) {
@@ -39,45 +34,31 @@ void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title,
     lo -= 0.5;
   }
   const double pad = (hi - lo) * 0.05;
-  lo -= pad;
-  hi += pad;
-  const auto font = cv::FONT_HERSHEY_SIMPLEX;
-  const cv::Scalar ink(40, 40, 40), grid(220, 220, 220);
-  cv::putText(img, title, {area.x + left, area.y + 20}, font, 0.55, ink, 1, cv::LINE_AA);
-  auto px = [&](size_t i) {
-    return plot.x + (n == 1 ? plot.width / 2 : static_cast<int>(plot.width * i / (n - 1)));
+  plot::AxesOptions ao;
+  ao.area = {area.x + 60, area.y + 30, area.width - 75, area.height - 70};
+  // One epoch: a single point in the middle.
+  ao.x0 = n == 1 ? 0 : 1;
+  ao.x1 = n == 1 ? 2 : static_cast<double>(n);
+  ao.y0 = lo - pad;
+  ao.y1 = hi + pad;
+  ao.y_ticks = 4;
+  ao.y_label_gap = 58;
+  ao.y_format = [percent](double v) {
+    return percent ? plot::Format("%.1f%%", v * 100) : plot::Format("%.3f", v);
   };
-  auto py = [&](double v) {
-    return plot.y + plot.height - static_cast<int>((v - lo) / (hi - lo) * plot.height);
-  };
-  for (int k = 0; k <= 4; ++k) {
-    double v = lo + (hi - lo) * k / 4;
-    int y = py(v);
-    cv::line(img, {plot.x, y}, {plot.x + plot.width, y}, grid, 1);
-    char label[32];
-    std::snprintf(label, sizeof label, percent ? "%.1f%%" : "%.3f", percent ? v * 100 : v);
-    cv::putText(img, label, {area.x + 2, y + 4}, font, 0.38, ink, 1, cv::LINE_AA);
-  }
-  const size_t step = std::max<size_t>(1, n / 10);
-  for (size_t i = 0; i < n; i += step) {
-    cv::putText(img, std::to_string(i + 1), {px(i) - 4, plot.y + plot.height + 16}, font, 0.38, ink,
-                1, cv::LINE_AA);
-  }
-  cv::putText(img, "epoch", {plot.x + plot.width / 2 - 20, plot.y + plot.height + 34}, font, 0.45,
-              ink, 1, cv::LINE_AA);
-  cv::rectangle(img, plot, ink, 1);
-  int legend_y =
-      percent ? plot.y + plot.height - 8 - 18 * static_cast<int>(series.size() - 1) : plot.y + 16;
-  for (const auto& s : series) {
-    for (size_t i = 0; i < s.values.size(); ++i) {
-      cv::Point p(px(i), py(s.values[i]));
-      if (i > 0) cv::line(img, {px(i - 1), py(s.values[i - 1])}, p, s.color, 2, cv::LINE_AA);
-      cv::circle(img, p, 3, s.color, cv::FILLED, cv::LINE_AA);
-    }
-    cv::line(img, {plot.x + plot.width - 120, legend_y - 4},
-             {plot.x + plot.width - 100, legend_y - 4}, s.color, 2);
-    cv::putText(img, s.name, {plot.x + plot.width - 95, legend_y}, font, 0.42, ink, 1, cv::LINE_AA);
-    legend_y += 18;
+  for (size_t i = 0; i < n; i += std::max<size_t>(1, n / 10)) ao.x_ticks.push_back(i + 1.0);
+  ao.x_format = [](double v) { return plot::Format("%.0f", v); };
+  ao.x_grid = false;
+  ao.caption = title;
+  ao.x_label = "epoch";
+  ao.legend = percent ? plot::LegendPlace::kInsideBottomRight : plot::LegendPlace::kInsideTopRight;
+  ao.legend_entries = static_cast<int>(series.size());
+  plot::Axes axes(&canvas, ao);
+  for (size_t k = 0; k < series.size(); ++k) {
+    std::vector<double> epochs;
+    for (size_t i = 0; i < series[k].values.size(); ++i) epochs.push_back(i + 1.0);
+    axes.Line(epochs, series[k].values, series[k].color);
+    axes.Legend(static_cast<int>(k), series[k].name, series[k].color);
   }
 }
 
@@ -85,26 +66,20 @@ void DrawChart(cv::Mat& img, cv::Rect area, const std::string& title,
 
 Status PlotTrainingCurves(const std::vector<EpochMetrics>& epochs, const std::filesystem::path& png,
                           const std::string& title) {
-  Series tl{"train", {}, {200, 100, 30}}, vl{"validation", {}, {30, 120, 230}};
-  Series ta{"train", {}, {200, 100, 30}}, va{"validation", {}, {30, 120, 230}};
+  const plot::Rgb train = plot::PaletteColor(0), validation = plot::PaletteColor(1);
+  Series tl{"train", {}, train}, vl{"validation", {}, validation};
+  Series ta{"train", {}, train}, va{"validation", {}, validation};
   for (const auto& e : epochs) {
     tl.values.push_back(e.train_loss);
     vl.values.push_back(e.val_loss);
     ta.values.push_back(e.train_accuracy);
     va.values.push_back(e.val_accuracy);
   }
-  cv::Mat img(430, 1000, CV_8UC3, cv::Scalar(255, 255, 255));
-  cv::putText(img, title, {10, 22}, cv::FONT_HERSHEY_SIMPLEX, 0.6, cv::Scalar(0, 0, 0), 1,
-              cv::LINE_AA);
-  DrawChart(img, {0, 30, 500, 400}, "loss (train: with label smoothing)", {tl, vl}, false);
-  DrawChart(img, {500, 30, 500, 400}, "accuracy", {ta, va}, true);
-  std::vector<uchar> bytes;
-  try {
-    if (!cv::imencode(".png", img, bytes)) return InternalError("cannot encode " + png.string());
-  } catch (const cv::Exception& e) {
-    return InternalError("cannot encode " + png.string() + ": " + e.what());
-  }
-  return WriteFileAtomic(png, {reinterpret_cast<const char*>(bytes.data()), bytes.size()});
+  plot::Canvas canvas(1000, 430);
+  canvas.Text(title, 10, 22, 0.6, {0, 0, 0});
+  DrawChart(canvas, {0, 30, 500, 400}, "loss (train: with label smoothing)", {tl, vl}, false);
+  DrawChart(canvas, {500, 30, 500, 400}, "accuracy", {ta, va}, true);
+  return canvas.SavePng(png);
 }
 
 }  // namespace kiln::train

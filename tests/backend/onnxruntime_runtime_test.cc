@@ -1,7 +1,7 @@
 #include <gtest/gtest.h>
 
 #include "../test_util.h"
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 
 namespace kiln::backend {
 namespace {

@@ -17,7 +17,7 @@
 #include <thread>
 
 #include "../test_util.h"
-#include "kiln/optimize/onnx_graph.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
 #include "kiln/train/checkpoint.h"
 
 namespace kiln {

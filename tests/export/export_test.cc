@@ -9,6 +9,7 @@
 
 #include "../test_models.h"
 #include "../test_util.h"
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
 #include "kiln/export/drift_reference.h"

@@ -13,7 +13,7 @@
 
 #include "../../src/serve/http/message.h"
 #include "fuzz_check.h"
-#include "kiln/serve/model_config.h"
+#include "kiln/serve/engine/model_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   namespace serve = kiln::serve;

@@ -28,8 +28,8 @@
 #include "../onnx_value_info.h"
 #include "../../src/serve/http/router.h"
 #include "fuzz_check.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/metrics/metrics.h"
 
 namespace {
 

@@ -6,10 +6,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/backend/model_metadata.h"
-#include "kiln/optimize/onnx_graph.h"
-#include "kiln/train/evaluate.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
+#include "kiln/eval/evaluate.h"
 #include "../test_util.h"
 
 namespace kiln {
@@ -47,7 +48,7 @@ double Agreement(const fs::path& a, const fs::path& b, const data::Normalization
     auto engine = backend::CreateBackend("onnxruntime", bo);
     EXPECT_TRUE(engine.ok()) << f << ": " << engine.status().ToString();
     if (!engine.ok()) return 0;
-    auto r = train::EvaluateEngine(**engine, test, norm, 100);
+    auto r = eval::EvaluateEngine(**engine, test, norm, 100);
     EXPECT_TRUE(r.ok()) << r.status().ToString();
     if (!r.ok()) return 0;
     preds.push_back(r->predictions);

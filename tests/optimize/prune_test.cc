@@ -1,13 +1,13 @@
 // Structured pruning: exact channels removed, consistent shapes, and the pruned model equal to
 // the original with those channels zeroed.
-#include "kiln/optimize/prune.h"
+#include "kiln/optimize/prune/prune.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 
 #include "kiln/export/onnx_export.h"
-#include "kiln/optimize/onnx_graph.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
 #include "../test_models.h"
 #include "../test_util.h"
 

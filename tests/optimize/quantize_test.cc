@@ -1,5 +1,5 @@
 // Quantization parameters checked by hand, and a tiny graph quantized end to end.
-#include "kiln/optimize/quantize.h"
+#include "kiln/optimize/quantize/quantize.h"
 
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
@@ -9,8 +9,9 @@
 #include <fstream>
 
 #include "../onnx_value_info.h"
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
-#include "kiln/optimize/onnx_graph.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
 #include "../test_util.h"
 
 namespace kiln::optimize {

@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "kiln/core/clock.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/metrics/metrics.h"
 #include "../test_util.h"
 
 namespace kiln::serve {

@@ -1,8 +1,8 @@
 #include <gtest/gtest.h>
 
 #include "../test_util.h"
-#include "kiln/serve/metrics.h"
-#include "kiln/serve/model_config.h"
+#include "kiln/serve/metrics/metrics.h"
+#include "kiln/serve/engine/model_config.h"
 
 namespace kiln::serve {
 namespace {

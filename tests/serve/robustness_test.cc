@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
-#include "kiln/serve/engine.h"
+#include "kiln/serve/engine/engine.h"
 #include "serve_client.h"
 
 namespace kiln::serve {

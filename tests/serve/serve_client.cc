@@ -21,6 +21,7 @@
 #include <thread>
 
 #include "../test_util.h"
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/data/image.h"
 #include "kiln/export/onnx_export.h"

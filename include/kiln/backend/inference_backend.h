@@ -2,7 +2,7 @@
 //
 //   kiln::backend::BackendOptions opt;
 //   opt.model_path = "model.onnx";
-//   KILN_ASSIGN_OR_RETURN(auto engine, kiln::backend::CreateBackend("onnxruntime", opt));
+//   KILN_ASSIGN_OR_RETURN(auto engine, kiln::backend::CreateBackend("onnxruntime", opt));  // factory/factory.h
 //   const auto& in = engine->inputs()[0];            // name, dtype, shape (-1 = dynamic)
 //   std::vector<float> logits(batch * engine->OutputElementsPerSample());
 //   KILN_RETURN_IF_ERROR(engine->Run(images.data(), batch, logits.data()));
@@ -91,12 +91,5 @@ class InferenceBackend {
   // Runs the model on `batch` samples of the first input, writing the first output.
   virtual Status Run(const float* input, int64_t batch, float* output) = 0;
 };
-
-// Creates a backend by name ("onnxruntime", "libtorch"). Unknown names are
-// InvalidArgument listing the known ones.
-Result<std::unique_ptr<InferenceBackend>> CreateBackend(const std::string& name,
-                                                        const BackendOptions& options);
-
-std::vector<std::string> BackendNames();
 
 }  // namespace kiln::backend

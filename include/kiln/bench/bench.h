@@ -14,8 +14,11 @@
 //     the first and second half of the runs differ by at most `stable_tolerance` (stable); a
 //     cell that is not stable after `max_seconds` is reported with "stable": false;
 //   * latency statistics over all timed runs of all rounds; images/s = batch / median latency;
-//   * spread of the median: a 95% confidence interval from the rounds' medians
-//     (ConfidenceInterval95); two runs of the same benchmark agree when their intervals overlap;
+//   * latency percentiles by kiln::Quantile (core/statistics.h: linear between closest ranks);
+//   * spread of the median: a 95% confidence interval of the mean of the rounds' medians
+//     (kiln::MeanConfidenceInterval: mean +- t(0.975, rounds-1) * sd / sqrt(rounds), Student's t
+//     from Boost.Math), so that drift of the machine between rounds widens it; two runs of the
+//     same benchmark agree when their intervals overlap;
 //   * peak memory: the process's peak resident set (VmHWM), reset before each cell.
 #pragma once
 
@@ -69,12 +72,6 @@ struct BenchOptions {
 // InvalidArgument for an unknown extension or models that disagree on normalization; NotFound
 // for a missing file.
 Result<nlohmann::json> ManifestFromModels(const std::vector<std::filesystem::path>& models);
-
-// The spread a report gives for a cell's latency: a 95% confidence interval of the median
-// latency from the rounds' medians (mean +- t(0.975, n-1) * sd / sqrt(n), Student's t), so that
-// drift of the machine between rounds widens it. {lo, hi} in the input's unit; nullopt for
-// fewer than two rounds.
-std::optional<std::pair<double, double>> ConfidenceInterval95(const std::vector<double>& rounds);
 
 // Adds "ci95_ms": [lo, hi] to every cell of `results` (engine cells or the peers') that has two
 // or more "round_medians_ms".

@@ -26,8 +26,8 @@
 #include <vector>
 
 #include "kiln/core/status.h"
-#include "kiln/optimize/prune.h"
-#include "kiln/optimize/quantize.h"
+#include "kiln/optimize/prune/prune.h"
+#include "kiln/optimize/quantize/quantize.h"
 
 namespace kiln::optimize {
 

@@ -1,7 +1,8 @@
-#include "kiln/backend/libtorch_backend.h"
+#include "kiln/backend/libtorch/libtorch_backend.h"
 
 #include <ATen/Parallel.h>
 #include <torch/script.h>
+#include <torch/version.h>
 
 #include <cstring>
 #include <filesystem>
@@ -111,5 +112,7 @@ class LibtorchBackend : public InferenceBackend {
 Result<std::unique_ptr<InferenceBackend>> CreateLibtorchBackend(const BackendOptions& options) {
   return LibtorchBackend::Create(options);
 }
+
+std::string LibtorchVersion() { return "libtorch " TORCH_VERSION; }
 
 }  // namespace kiln::backend

@@ -4,7 +4,7 @@
 #include <filesystem>
 #include <mutex>
 
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 
 namespace kiln::backend {
 

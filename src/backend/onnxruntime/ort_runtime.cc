@@ -1,6 +1,6 @@
 #include <onnxruntime_cxx_api.h>
 
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 
 namespace kiln::backend {
 

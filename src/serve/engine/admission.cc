@@ -1,4 +1,4 @@
-#include "kiln/serve/admission.h"
+#include "kiln/serve/engine/admission.h"
 
 #include <algorithm>
 

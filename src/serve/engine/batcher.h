@@ -27,8 +27,8 @@
 #include "drift_tracker.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/core/clock.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/metrics/metrics.h"
 
 namespace kiln::serve {
 

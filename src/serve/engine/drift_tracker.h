@@ -15,8 +15,8 @@
 #include <vector>
 
 #include "kiln/core/drift.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/metrics/metrics.h"
 
 namespace kiln::serve {
 

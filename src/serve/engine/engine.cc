@@ -1,4 +1,4 @@
-#include "kiln/serve/engine.h"
+#include "kiln/serve/engine/engine.h"
 
 #include <algorithm>
 #include <chrono>

@@ -1,4 +1,4 @@
-#include "kiln/serve/model_config.h"
+#include "kiln/serve/engine/model_config.h"
 
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>

@@ -7,6 +7,7 @@
 #include <set>
 #include <sstream>
 
+#include "kiln/backend/factory/factory.h"
 #include "kiln/backend/model_metadata.h"
 
 namespace kiln::serve {

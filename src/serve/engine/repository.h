@@ -19,8 +19,8 @@
 #include <vector>
 
 #include "batcher.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/metrics/metrics.h"
 
 namespace kiln::serve {
 

@@ -1,4 +1,4 @@
-#include "kiln/serve/grpc_server.h"
+#include "kiln/serve/grpc/grpc_server.h"
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>

@@ -1,7 +1,7 @@
 // The HTTP transport: listening sockets, connections (sessions), admission at the header,
 // keep-alive, timeouts and the drain. Routing and the codecs live in router.cc and its
 // neighbours; this file only moves bytes.
-#include "kiln/serve/http_server.h"
+#include "kiln/serve/http/http_server.h"
 
 #include <sys/resource.h>
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "kiln/core/status.h"
-#include "kiln/serve/engine.h"
+#include "kiln/serve/engine/engine.h"
 #include "message.h"
 
 namespace kiln::serve::rest {

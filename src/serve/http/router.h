@@ -18,9 +18,9 @@
 #include <mutex>
 #include <string>
 
-#include "kiln/serve/engine.h"
-#include "kiln/serve/http_server.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/http/http_server.h"
+#include "kiln/serve/metrics/metrics.h"
 #include "message.h"
 
 namespace kiln::serve::rest {

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kiln/core/statistics.h"
 #include "router.h"
 
 // /stats (the reference project's numbers for the web page) and the request window behind it.
@@ -34,8 +35,7 @@ json RequestWindow::Summary() {
   std::sort(lat.begin(), lat.end());
   auto pct = [&](double q) -> json {
     if (lat.empty()) return nullptr;
-    size_t i = static_cast<size_t>(std::ceil(q * static_cast<double>(lat.size()))) - 1;
-    return lat[std::min(i, lat.size() - 1)] * 1000.0;
+    return QuantileOfSorted(lat, q) * 1000.0;
   };
   const double span =
       samples_.empty()

@@ -1,4 +1,4 @@
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/metrics/metrics.h"
 
 #include <prometheus/text_serializer.h>
 

@@ -30,8 +30,8 @@
 #include "kiln/core/status.h"
 #include "kiln/data/image.h"
 #include "kiln/data/loader.h"
-#include "kiln/serve/metrics.h"
-#include "kiln/serve/model_config.h"
+#include "kiln/serve/metrics/metrics.h"
+#include "kiln/serve/engine/model_config.h"
 
 namespace kiln::serve {
 

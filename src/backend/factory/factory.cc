@@ -1,7 +1,7 @@
-// CreateBackend: the one place that knows every backend implementation.
-#include "kiln/backend/inference_backend.h"
-#include "kiln/backend/libtorch_backend.h"
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/factory/factory.h"
+
+#include "kiln/backend/libtorch/libtorch_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 
 namespace kiln::backend {
 

@@ -1,7 +1,7 @@
 // Kiln's gRPC frontend: the KServe v2 / Open Inference Protocol service with Triton's extensions
 // (package `inference`, service `GRPCInferenceService`, proto/grpc_service.proto, with Triton's
 // field numbers) plus the standard `grpc.health.v1.Health` service. It sees the engine only
-// through kiln/serve/engine.h, like the HTTP frontend, and answers what HTTP answers: the same
+// through kiln/serve/engine/engine.h, like the HTTP frontend, and answers what HTTP answers: the same
 // metadata, config, statistics, repository index and inference results.
 //
 //   GrpcOptions o;  o.port = 8001;
@@ -28,8 +28,8 @@
 #include <string>
 
 #include "kiln/core/status.h"
-#include "kiln/serve/admission.h"
-#include "kiln/serve/engine.h"
+#include "kiln/serve/engine/admission.h"
+#include "kiln/serve/engine/engine.h"
 
 namespace kiln::serve {
 

@@ -18,7 +18,7 @@
 #include <string>
 
 #include "kiln/core/status.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/metrics/metrics.h"
 
 namespace kiln::serve {
 

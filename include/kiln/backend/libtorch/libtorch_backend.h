@@ -6,11 +6,15 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "kiln/backend/inference_backend.h"
 
 namespace kiln::backend {
 
 Result<std::unique_ptr<InferenceBackend>> CreateLibtorchBackend(const BackendOptions& options);
+
+// The libtorch this backend was built against, for reports ("libtorch 1.13.1").
+std::string LibtorchVersion();
 
 }  // namespace kiln::backend

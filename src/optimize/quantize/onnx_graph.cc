@@ -1,4 +1,4 @@
-#include "kiln/optimize/onnx_graph.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
 
 #include <onnx/checker.h>
 #include <onnx/shape_inference/implementation.h>

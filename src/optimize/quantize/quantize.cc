@@ -1,4 +1,4 @@
-#include "kiln/optimize/quantize.h"
+#include "kiln/optimize/quantize/quantize.h"
 
 #include <onnx/shape_inference/implementation.h>
 
@@ -11,9 +11,9 @@
 #include <ostream>
 #include <set>
 
-#include "kiln/backend/onnxruntime_backend.h"
+#include "kiln/backend/onnxruntime/onnxruntime_backend.h"
 #include "kiln/core/progress.h"
-#include "kiln/optimize/onnx_graph.h"
+#include "kiln/optimize/quantize/onnx_graph.h"
 
 namespace kiln::optimize {
 

@@ -1,5 +1,5 @@
 // The ONNX Runtime backend (library provisioned by scripts/setup.sh, or the system's).
-// Prefer CreateBackend("onnxruntime", ...) from inference_backend.h; this header is for code
+// Prefer CreateBackend("onnxruntime", ...) from factory/factory.h; this header is for code
 // that needs this engine specifically. Thread-safe to call; see InferenceBackend for Run().
 #pragma once
 

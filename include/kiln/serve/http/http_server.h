@@ -1,6 +1,6 @@
 // Kiln's HTTP frontend: KServe v2 REST with Triton's extensions (binary tensors,
 // classification, statistics, repository), the reference project's /predict, /health, /stats,
-// /metrics and the web page at /. It sees the engine only through kiln/serve/engine.h.
+// /metrics and the web page at /. It sees the engine only through kiln/serve/engine/engine.h.
 //
 //   HttpOptions o;  o.port = 8000;
 //   KILN_ASSIGN_OR_RETURN(auto http, HttpServer::Create(o, engine.get(), &registry, &admission));
@@ -34,9 +34,9 @@
 
 #include "kiln/core/status.h"
 #include "kiln/data/image.h"
-#include "kiln/serve/admission.h"
-#include "kiln/serve/engine.h"
-#include "kiln/serve/metrics.h"
+#include "kiln/serve/engine/admission.h"
+#include "kiln/serve/engine/engine.h"
+#include "kiln/serve/metrics/metrics.h"
 
 namespace kiln::serve {
 

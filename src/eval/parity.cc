@@ -1,29 +1,33 @@
-#include "kiln/export/verify.h"
+#include "kiln/eval/parity.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <string>
 
-#include "kiln/data/loader.h"
-#include "kiln/train/evaluate.h"
+namespace kiln::eval {
 
-namespace kiln::exporter {
-
-Status CheckParity(const train::Checkpoint& checkpoint, backend::InferenceBackend& engine,
-                   const data::ImageSet& images, double tolerance, ParityReport* report,
+Status CheckParity(const std::vector<float>& reference, int64_t num_classes,
+                   backend::InferenceBackend& engine, const data::ImageSet& images,
+                   const data::Normalization& norm, double tolerance, ParityReport* report,
                    int64_t batch_size) {
   *report = ParityReport{};
   report->backend = engine.name();
-  const int64_t classes = checkpoint.meta.shape.num_classes;
+  const int64_t classes = num_classes;
+  if (batch_size <= 0) return InvalidArgumentError("batch size must be positive");
   if (engine.InputElementsPerSample() != images.image_bytes() ||
       engine.OutputElementsPerSample() != classes) {
     return InvalidArgumentError(
-        "the exported model's input/output sizes do not match the checkpoint");
+        "the exported model's input/output sizes do not match the reference model");
   }
-  KILN_ASSIGN_OR_RETURN(
-      torch::Tensor reference,
-      train::PredictLogits(*checkpoint.model, images, checkpoint.meta.normalization));
+  if (static_cast<int64_t>(reference.size()) != images.size() * classes) {
+    return InvalidArgumentError("the reference logits do not cover the image set (" +
+                                std::to_string(reference.size()) + " values for " +
+                                std::to_string(images.size()) + " images of " +
+                                std::to_string(classes) + " classes)");
+  }
   const auto lo = data::LoaderOptions::InOrder(batch_size);
-  data::BatchLoader loader(&images, checkpoint.meta.normalization, lo);
+  data::BatchLoader loader(&images, norm, lo);
   std::vector<float> input(static_cast<size_t>(batch_size * images.image_bytes()));
   std::vector<int64_t> labels(static_cast<size_t>(batch_size));
   std::vector<float> output(static_cast<size_t>(batch_size * classes));
@@ -31,7 +35,7 @@ Status CheckParity(const train::Checkpoint& checkpoint, backend::InferenceBacken
   for (int64_t b = 0; b < loader.NumBatches(); ++b) {
     const int64_t n = loader.FillBatch(0, b, input.data(), labels.data());
     KILN_RETURN_IF_ERROR(engine.Run(input.data(), n, output.data()));
-    const float* want = reference.data_ptr<float>() + b * batch_size * classes;
+    const float* want = reference.data() + b * batch_size * classes;
     for (int64_t i = 0; i < n; ++i) {
       int64_t arg_got = 0;
       int64_t arg_want = 0;
@@ -63,4 +67,4 @@ Status CheckParity(const train::Checkpoint& checkpoint, backend::InferenceBacken
   return Status::Ok();
 }
 
-}  // namespace kiln::exporter
+}  // namespace kiln::eval

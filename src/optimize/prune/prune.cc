@@ -1,4 +1,4 @@
-#include "kiln/optimize/prune.h"
+#include "kiln/optimize/prune/prune.h"
 
 #include <algorithm>
 #include <cmath>

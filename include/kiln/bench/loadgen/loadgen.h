@@ -1,0 +1,54 @@
+// The load generator behind `kiln loadgen`: measures a KServe v2 server (Kiln, Triton, ...) the
+// way Triton's perf_analyzer does. Closed-loop clients at each concurrency level, or an open loop
+// at a fixed request rate (constant or Poisson arrivals); measurement windows until throughput
+// and p99 are stable; latency percentiles by kiln::Quantile (core/statistics.h); the server's
+// queue/compute split from its statistics endpoint. One table row per level goes to `out`; the
+// CSV (perf_analyzer's column names, microseconds) is rewritten atomically after every level.
+//
+//   loadgen::Options o;
+//   o.url = "http://127.0.0.1:8000";
+//   o.model = "cifar";
+//   KILN_ASSIGN_OR_RETURN(o.levels, loadgen::ParseLevels("--concurrency", "1:16:x2"));
+//   KILN_RETURN_IF_ERROR(loadgen::Run(o));
+#pragma once
+
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "kiln/core/status.h"
+
+namespace kiln::loadgen {
+
+struct Options {
+  std::string url = "http://127.0.0.1:8000";
+  std::string model;
+  std::string mode = "json";  // json | binary | image
+  std::string images;         // image mode: a folder of image files, sent as image/png
+  int64_t batch_size = 1;     // json/binary: batch per request
+  // Concurrency levels (closed loop), or request rates in requests/s when rate_mode is set.
+  std::vector<double> levels;
+  bool rate_mode = false;
+  std::string distribution = "constant";  // rate mode: constant | poisson
+  int max_threads = 64;                   // rate mode: sender threads
+  int window_ms = 2000;
+  int max_windows = 10;     // per level; the first is a warm-up
+  double stability = 10.0;  // percent
+  std::string csv;          // empty: no CSV
+  std::FILE* out = stdout;
+  std::function<bool()> stop;  // polled; true ends the sweep (Cancelled)
+};
+
+// "1:64:x2" -> 1 2 4 ... 64; "1:8:2" -> 1 3 5 7; "8" -> 8; rates may be fractional ("0.5").
+// InvalidArgument naming `flag` otherwise.
+Result<std::vector<double>> ParseLevels(const std::string& flag, const std::string& spec);
+
+// Runs the sweep. InvalidArgument for options that cannot work (no levels, an empty image
+// folder), Unavailable when the model's metadata cannot be read, Unimplemented for a model
+// without exactly one FP32 input, the write's Status when the CSV cannot be written, Cancelled
+// when `stop` turned true.
+Status Run(const Options& options);
+
+}  // namespace kiln::loadgen
