@@ -12,6 +12,7 @@
 #include "kiln/backend/model_metadata.h"
 #include "kiln/core/drift.h"
 #include "kiln/core/file.h"
+#include "kiln/core/statistics.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/shift.h"
 
@@ -65,19 +66,6 @@ Result<std::vector<Sample>> Predict(backend::InferenceBackend& engine, const dat
     }
   }
   return samples;
-}
-
-double Median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t m = v.size() / 2;
-  return v.size() % 2 ? v[m] : 0.5 * (v[m - 1] + v[m]);
-}
-double Quantile(std::vector<double> v, double q) {  // nearest rank
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const size_t rank = static_cast<size_t>(std::ceil(q * static_cast<double>(v.size())));
-  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
 }
 
 int RunCalibrate(const DriftArgs& a) {
@@ -176,10 +164,11 @@ int RunCalibrate(const DriftArgs& a) {
     }
     const double share = static_cast<double>(alerting) / static_cast<double>(a.windows);
     std::printf("%-38s %10.4f %10.4f %10.3g %10.4f %10.4f %10.3f %8.1f%%\n", name.c_str(),
-                Median(cpsi), Median(cjs), Median(cp), Median(fpsi), Median(mconf), Median(zmax),
+                Quantile(cpsi, 0.5), Quantile(cjs, 0.5), Quantile(cp, 0.5), Quantile(fpsi, 0.5),
+                Quantile(mconf, 0.5), Quantile(zmax, 0.5),
                 100 * share);
     auto summary = [](const std::vector<double>& v) {
-      return json{{"median", Median(v)},
+      return json{{"median", Quantile(v, 0.5)},
                   {"p01", Quantile(v, 0.01)},
                   {"p99", Quantile(v, 0.99)},
                   {"min", *std::min_element(v.begin(), v.end())},
