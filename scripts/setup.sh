@@ -2,7 +2,7 @@
 # Installs everything Kiln needs on Debian 12 (bookworm). Idempotent: safe to re-run; a second
 # run only checks. Needs root (or sudo) for apt-get and update-alternatives.
 #
-#   scripts/setup.sh            install system packages + provision ONNX Runtime
+#   scripts/setup.sh            install system packages, provision ONNX Runtime, create .venv
 #   scripts/setup.sh --check    only report what is missing; exit 1 if anything is
 #
 # ONNX Runtime is not packaged for Debian 12. It is provisioned into third_party/onnxruntime
@@ -14,6 +14,8 @@
 #     own debian.sources with bookworm replaced by trixie. Nothing from trixie is installed into
 #     the system. The ORT C API is versioned, so 1.21 headers work with the 1.30 library.
 # Where a system ONNX Runtime exists (e.g. Debian 13's libonnxruntime-dev), it is used instead.
+# Python tools from PyPI go into the project's virtual environment .venv/, pinned with hashes in
+# scripts/python/requirements.txt.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,6 +66,8 @@ PACKAGES=(
   prometheus-node-exporter prometheus-nginx-exporter
   # serving benchmarks and the browser test: wrk, the FastAPI baseline, headless Chromium
   wrk chromium python3-fastapi python3-uvicorn python3-multipart python3-pil
+  # the project's virtual environment for PyPI tools (section 4)
+  python3-venv
 )
 
 missing=()
@@ -197,6 +201,29 @@ if [ "$(node_version playwright-core)" != "$PLAYWRIGHT_VERSION" ] ||
     "@grafana/schema@$GRAFANA_SCHEMA_VERSION" >/dev/null
 else
   say "node packages present (playwright-core, typescript, @grafana/schema)"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4. Python tools from PyPI, into the project's virtual environment .venv/ (git-ignored), never
+# into the system Python: Triton's client, kubernetes-validate, ONNX Runtime's quantizer,
+# OpenVINO and NNCF. scripts/python/requirements.txt pins every package with its hashes
+# (`pip install --require-hashes`); the venv is rebuilt when that file changes. Debian's
+# python3-torch and the FastAPI baseline stay with /usr/bin/python3.
+# ---------------------------------------------------------------------------------------------
+VENV="$ROOT/.venv"
+REQ="$ROOT/scripts/python/requirements.txt"
+REQ_SUM="$(sha256sum "$REQ" | awk '{print $1}')"
+if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$REQ_SUM" ]; then
+  say "Python tools: .venv matches scripts/python/requirements.txt"
+else
+  [ "$CHECK_ONLY" -eq 1 ] && { echo ".venv missing or out of date"; exit 1; }
+  say "creating .venv from scripts/python/requirements.txt (pinned, hash-checked)"
+  # The stamp is written last: an interrupted install is redone on the next run.
+  rm -rf "$VENV"
+  /usr/bin/python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --no-input --require-hashes --no-deps -r "$REQ"
+  echo "$REQ_SUM" > "$VENV/.requirements.sha256"
+  say "Python tools installed into .venv"
 fi
 
 say "done"
