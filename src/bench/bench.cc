@@ -132,14 +132,16 @@ Result<Timing> Measure(backend::InferenceBackend& engine, const float* input, in
 }
 
 json Stats(const Timing& t, int64_t batch) {
-  const double median = Quantile(t.ms, 0.50);
+  std::vector<double> sorted = t.ms;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = QuantileOfSorted(sorted, 0.50);
   return {{"runs", t.ms.size()},
           {"stable", t.stable},
           {"median_ms", median},
-          {"p90_ms", Quantile(t.ms, 0.90)},
-          {"p99_ms", Quantile(t.ms, 0.99)},
-          {"min_ms", *std::min_element(t.ms.begin(), t.ms.end())},
-          {"max_ms", *std::max_element(t.ms.begin(), t.ms.end())},
+          {"p90_ms", QuantileOfSorted(sorted, 0.90)},
+          {"p99_ms", QuantileOfSorted(sorted, 0.99)},
+          {"min_ms", sorted.front()},
+          {"max_ms", sorted.back()},
           {"images_per_second", median > 0 ? 1000.0 * static_cast<double>(batch) / median : 0.0}};
 }
 

@@ -167,12 +167,13 @@ int RunCalibrate(const DriftArgs& a) {
                 Quantile(cpsi, 0.5), Quantile(cjs, 0.5), Quantile(cp, 0.5), Quantile(fpsi, 0.5),
                 Quantile(mconf, 0.5), Quantile(zmax, 0.5),
                 100 * share);
-    auto summary = [](const std::vector<double>& v) {
-      return json{{"median", Quantile(v, 0.5)},
-                  {"p01", Quantile(v, 0.01)},
-                  {"p99", Quantile(v, 0.99)},
-                  {"min", *std::min_element(v.begin(), v.end())},
-                  {"max", *std::max_element(v.begin(), v.end())}};
+    auto summary = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      return json{{"median", QuantileOfSorted(v, 0.5)},
+                  {"p01", QuantileOfSorted(v, 0.01)},
+                  {"p99", QuantileOfSorted(v, 0.99)},
+                  {"min", v.front()},
+                  {"max", v.back()}};
     };
     report["scenarios"].push_back(
         {{"name", name},

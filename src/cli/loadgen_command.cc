@@ -98,9 +98,7 @@ void RegisterLoadgenCommand(CLI::App& app, Runner* run) {
                   "Stable when the last 3 windows' throughput and p99 are within this percent")
       ->capture_default_str();
   cmd->add_option("--csv", a->csv, "Write a CSV with perf_analyzer's column names (us)");
-  cmd->callback([run, a] {
-    *run = [a] { return RunLoadgen(*a); };
-  });
+  cmd->callback([run, a] { *run = [a] { return RunLoadgen(*a); }; });
 }
 
 }  // namespace kiln::cli

@@ -37,14 +37,11 @@ struct Canvas::Impl {
 };
 
 Canvas::Canvas(int width, int height) : impl_(std::make_unique<Impl>()) {
-  impl_->image = cv::Mat(std::max(1, height), std::max(1, width), CV_8UC3,
-                         cv::Scalar(255, 255, 255));
+  impl_->image =
+      cv::Mat(std::max(1, height), std::max(1, width), CV_8UC3, cv::Scalar(255, 255, 255));
 }
 
 Canvas::~Canvas() = default;
-
-int Canvas::width() const { return impl_->image.cols; }
-int Canvas::height() const { return impl_->image.rows; }
 
 void Canvas::Text(const std::string& text, int x, int y, double scale, Rgb color) {
   cv::putText(impl_->image, text, {x, y}, kFont, scale, Bgr(color), 1, cv::LINE_AA);
@@ -108,8 +105,9 @@ Axes::Axes(Canvas* canvas, AxesOptions options) : canvas_(canvas), o_(std::move(
 }
 
 int Axes::X(double v) const {
-  const double t = o_.log_x ? (std::log2(v) - std::log2(o_.x0)) / (std::log2(o_.x1) - std::log2(o_.x0))
-                            : (v - o_.x0) / (o_.x1 - o_.x0);
+  const double t = o_.log_x
+                       ? (std::log2(v) - std::log2(o_.x0)) / (std::log2(o_.x1) - std::log2(o_.x0))
+                       : (v - o_.x0) / (o_.x1 - o_.x0);
   return o_.area.x + static_cast<int>(t * o_.area.width);
 }
 
@@ -127,7 +125,9 @@ void Axes::Line(const std::vector<double>& xs, const std::vector<double>& ys, Rg
   }
 }
 
-void Axes::Dot(double x, double y, int radius, Rgb color) { canvas_->Dot(X(x), Y(y), radius, color); }
+void Axes::Dot(double x, double y, int radius, Rgb color) {
+  canvas_->Dot(X(x), Y(y), radius, color);
+}
 
 void Axes::Legend(int i, const std::string& label, Rgb color) {
   const Box& p = o_.area;

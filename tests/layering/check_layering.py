@@ -190,7 +190,6 @@ def main():
             print(f"--add-source: no library {lib}", file=sys.stderr)
             return 2
         libs[lib]["sources"].append(os.path.abspath(path))
-        libs[lib]["extra"] = True
     findings = check(libs, root, os.path.join(root, "src", "README.md"))
     if a.expect_violation:
         hits = [f for f in findings if f" {a.expect_violation}: " in f]

@@ -2,7 +2,8 @@
 //
 //   kiln::backend::BackendOptions opt;
 //   opt.model_path = "model.onnx";
-//   KILN_ASSIGN_OR_RETURN(auto engine, kiln::backend::CreateBackend("onnxruntime", opt));  // factory/factory.h
+//   // CreateBackend: kiln/backend/factory/factory.h
+//   KILN_ASSIGN_OR_RETURN(auto engine, kiln::backend::CreateBackend("onnxruntime", opt));
 //   const auto& in = engine->inputs()[0];            // name, dtype, shape (-1 = dynamic)
 //   std::vector<float> logits(batch * engine->OutputElementsPerSample());
 //   KILN_RETURN_IF_ERROR(engine->Run(images.data(), batch, logits.data()));

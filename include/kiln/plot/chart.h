@@ -50,9 +50,6 @@ class Canvas {
   Canvas(const Canvas&) = delete;
   Canvas& operator=(const Canvas&) = delete;
 
-  int width() const;
-  int height() const;
-
   // `x`, `y` is the left end of the text's baseline; `scale` as OpenCV's Hershey font.
   void Text(const std::string& text, int x, int y, double scale = 0.45, Rgb color = kInk);
   void Line(int x0, int y0, int x1, int y1, Rgb color, int thickness = 1);

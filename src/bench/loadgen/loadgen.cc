@@ -122,7 +122,8 @@ ServerSplit ReadStats(Http& http, const std::string& base, const std::string& mo
 Status Run(const Options& a) {
   const bool rate_mode = a.rate_mode;
   if (a.levels.empty()) return InvalidArgumentError("no load levels to measure");
-  if (a.mode == "image" && a.images.empty()) return InvalidArgumentError("--mode image needs --images");
+  if (a.mode == "image" && a.images.empty())
+    return InvalidArgumentError("--mode image needs --images");
   auto stop_requested = [&a] { return a.stop && a.stop(); };
   curl_global_init(CURL_GLOBAL_ALL);
   Http http;
@@ -189,8 +190,8 @@ Status Run(const Options& a) {
            "response wait\n";
   }
   std::fprintf(a.out, "%-12s %12s %10s %10s %10s %10s %10s %10s %8s %8s%s\n",
-              rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
-              "p99 ms", "queue ms", "compute ms", "errors", "refused", rate_mode ? "  late" : "");
+               rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
+               "p99 ms", "queue ms", "compute ms", "errors", "refused", rate_mode ? "  late" : "");
   for (double level : a.levels) {
     if (stop_requested()) return CancelledError("interrupted");
     std::mutex mu;
@@ -279,10 +280,11 @@ Status Run(const Options& a) {
       double sum = 0;
       for (double x : window) sum += x;
       avgs.push_back(window.empty() ? 0 : sum / static_cast<double>(window.size()));
-      p50s.push_back(Quantile(window, 0.50));
-      p90s.push_back(Quantile(window, 0.90));
-      p95s.push_back(Quantile(window, 0.95));
-      p99s.push_back(Quantile(window, 0.99));
+      std::sort(window.begin(), window.end());
+      p50s.push_back(QuantileOfSorted(window, 0.50));
+      p90s.push_back(QuantileOfSorted(window, 0.90));
+      p95s.push_back(QuantileOfSorted(window, 0.95));
+      p99s.push_back(QuantileOfSorted(window, 0.99));
       if (rates.size() >= 3) {
         auto within = [&](const std::vector<double>& v) {
           const size_t n = v.size();
@@ -321,25 +323,29 @@ Status Run(const Options& a) {
           "  " + std::to_string(sent.load() > 0 ? 100 * late.load() / sent.load() : 0) + "%";
     }
     std::fprintf(a.out, "%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld %8lld%s%s\n",
-                level, last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
-                last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
-                static_cast<long long>(errors.load()), static_cast<long long>(refused.load()),
-                late_column.c_str(), stable ? "" : "  (not stable)");
+                 level, last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
+                 last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
+                 static_cast<long long>(errors.load()), static_cast<long long>(refused.load()),
+                 late_column.c_str(), stable ? "" : "  (not stable)");
     if (!refused_latencies.empty()) {
       std::lock_guard l(mu);
-      std::fprintf(a.out, "  refused (503): %lld of %lld sent (%.1f%%), answered in p50 %.2f ms, p99 %.2f ms\n",
-                  static_cast<long long>(refused.load()), static_cast<long long>(sent.load()),
-                  100.0 * static_cast<double>(refused.load()) /
-                      static_cast<double>(std::max<int64_t>(1, sent.load())),
-                  Quantile(refused_latencies, 0.50) * 1e3,
-                  Quantile(refused_latencies, 0.99) * 1e3);
+      std::sort(refused_latencies.begin(), refused_latencies.end());
+      std::fprintf(
+          a.out,
+          "  refused (503): %lld of %lld sent (%.1f%%), answered in p50 %.2f ms, p99 %.2f ms\n",
+          static_cast<long long>(refused.load()), static_cast<long long>(sent.load()),
+          100.0 * static_cast<double>(refused.load()) /
+              static_cast<double>(std::max<int64_t>(1, sent.load())),
+          QuantileOfSorted(refused_latencies, 0.50) * 1e3,
+          QuantileOfSorted(refused_latencies, 0.99) * 1e3);
     }
     if (rate_mode && sent.load() > 0 && late.load() * 10 > sent.load()) {
-      std::fprintf(a.out, 
-          "  note: %lld of %lld requests left more than 1 ms after their due time: the "
-          "%d sender threads cannot keep up (the server is saturated or --max-threads "
-          "is too low); latencies count from the due time\n",
-          static_cast<long long>(late.load()), static_cast<long long>(sent.load()), a.max_threads);
+      std::fprintf(a.out,
+                   "  note: %lld of %lld requests left more than 1 ms after their due time: the "
+                   "%d sender threads cannot keep up (the server is saturated or --max-threads "
+                   "is too low); latencies count from the due time\n",
+                   static_cast<long long>(late.load()), static_cast<long long>(sent.load()),
+                   a.max_threads);
     }
     std::fflush(a.out);
     if (!a.csv.empty()) {

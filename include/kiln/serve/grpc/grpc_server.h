@@ -1,8 +1,8 @@
 // Kiln's gRPC frontend: the KServe v2 / Open Inference Protocol service with Triton's extensions
 // (package `inference`, service `GRPCInferenceService`, proto/grpc_service.proto, with Triton's
 // field numbers) plus the standard `grpc.health.v1.Health` service. It sees the engine only
-// through kiln/serve/engine/engine.h, like the HTTP frontend, and answers what HTTP answers: the same
-// metadata, config, statistics, repository index and inference results.
+// through kiln/serve/engine/engine.h, like the HTTP frontend, and answers what HTTP answers: the
+// same metadata, config, statistics, repository index and inference results.
 //
 //   GrpcOptions o;  o.port = 8001;
 //   KILN_ASSIGN_OR_RETURN(auto grpc, GrpcServer::Start(o, engine.get()));
