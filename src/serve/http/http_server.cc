@@ -3,7 +3,9 @@
 // neighbours; this file only moves bytes.
 #include "kiln/serve/http/http_server.h"
 
+#include <linux/filter.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <boost/asio.hpp>
@@ -36,6 +38,29 @@ constexpr auto kFreshGrace = std::chrono::seconds(1);
 // dropped for at most this long before the socket closes, so that the client reads the answer
 // instead of a connection reset.
 constexpr auto kLinger = std::chrono::seconds(2);
+// How long the listeners stay open at the start of a drain, refusing new handshakes but letting
+// those already under way complete (an RTT on most networks), before they are closed.
+constexpr auto kHandshakeSettle = std::chrono::milliseconds(200);
+
+// Makes the kernel drop new connection attempts (a TCP segment with SYN and without ACK) to a
+// listening socket, while handshakes under way still complete into the accept queue. Closing a
+// listener resets the connections whose handshake completed since the last accept(), and a
+// client that has sent its request then sees "connection reset"; with the SYNs dropped first,
+// nothing new can land in the queue, and the client whose SYN was dropped retries it and is
+// refused once the listener is closed ("connection refused": nothing was sent). A classic BPF
+// socket filter; for TCP the packet starts at the TCP header, whose byte 13 holds the flags.
+bool DropNewHandshakes(tcp::acceptor& a) {
+  static sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 13),            // A = TCP flags
+      BPF_STMT(BPF_ALU | BPF_AND | BPF_K, 0x12),         // A &= SYN | ACK
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0x02, 0, 1),  // SYN alone: a new connection
+      BPF_STMT(BPF_RET | BPF_K, 0),                      // drop it
+      BPF_STMT(BPF_RET | BPF_K, 0xFFFFFFFF),             // keep everything else
+  };
+  sock_fprog program{static_cast<unsigned short>(std::size(code)), code};
+  return setsockopt(a.native_handle(), SOL_SOCKET, SO_ATTACH_FILTER, &program,
+                    sizeof program) == 0;
+}
 
 class Session;
 
@@ -81,6 +106,7 @@ class Server final : public HttpServer {
  private:
   void Accept(tcp::acceptor& a, bool metrics_only);
   void BeginDrain(std::chrono::milliseconds drain);
+  void CloseListeners();
   void Tick();
 
   const HttpOptions opt_;
@@ -94,7 +120,8 @@ class Server final : public HttpServer {
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   int port_ = 0, metrics_port_ = 0;
   std::atomic<bool> draining_{false};
-  Clock::time_point drain_start_, drain_deadline_;
+  bool listening_ = false;  // the drain has not closed the listeners yet
+  Clock::time_point drain_start_, drain_deadline_, close_listeners_at_;
   int quiet_ticks_ = 0;
   std::vector<std::thread> threads_;
   std::mutex stop_mu_;  // one Stop at a time
@@ -419,8 +446,25 @@ void Server::BeginDrain(std::chrono::milliseconds drain) {
   router_->BeginDrain();
   std::cerr << "kiln serve: shutting down, finishing " << busy.load()
             << " request(s) in flight\n";
-  // Connections already in the listen backlog would be reset by close(): take them; their
-  // requests are served. Later connections are refused.
+  // New connections are refused from now on; handshakes under way get kHandshakeSettle to land
+  // in the accept queue (the accept loop goes on, and their requests are answered "shutting
+  // down"). Where the filter is unavailable the listeners close at once.
+  bool filtered = true;
+  for (auto* a : {&http_acceptor_, &metrics_acceptor_}) {
+    if (*a && !DropNewHandshakes(**a)) filtered = false;
+  }
+  drain_start_ = Clock::now();
+  drain_deadline_ = drain_start_ + drain;
+  close_listeners_at_ = filtered ? drain_start_ + kHandshakeSettle : drain_start_;
+  listening_ = true;
+  drain_timer_.emplace(*strand_);
+  Tick();
+}
+
+void Server::CloseListeners() {
+  listening_ = false;
+  // Connections already in the accept queue would be reset by close(): take them; their
+  // requests are served.
   for (auto* a : {&http_acceptor_, &metrics_acceptor_}) {
     if (!*a) continue;
     beast::error_code ec;
@@ -433,15 +477,16 @@ void Server::BeginDrain(std::chrono::milliseconds drain) {
     }
     (*a)->close(ec);
   }
-  drain_start_ = Clock::now();
-  drain_deadline_ = drain_start_ + drain;
-  drain_timer_.emplace(*strand_);
-  Tick();
 }
 
 void Server::Tick() {
-  const auto now = Clock::now();
-  const bool quiet = busy.load() == 0 && (fresh.load() == 0 || now >= drain_start_ + kFreshGrace);
+  auto now = Clock::now();
+  if (listening_ && (now >= close_listeners_at_ || now >= drain_deadline_)) {
+    CloseListeners();
+    now = Clock::now();
+  }
+  const bool quiet = !listening_ && busy.load() == 0 &&
+                     (fresh.load() == 0 || now >= drain_start_ + kFreshGrace);
   // Two quiet looks 10 ms apart: a request whose bytes are arriving right now gets its turn.
   quiet_ticks_ = quiet ? quiet_ticks_ + 1 : 0;
   if (quiet_ticks_ >= 2 || now >= drain_deadline_) {
