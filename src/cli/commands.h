@@ -27,6 +27,7 @@ void RegisterVersionCommand(CLI::App& app, Runner* run);
 void RegisterServeCommand(CLI::App& app, Runner* run);
 void RegisterLoadgenCommand(CLI::App& app, Runner* run);
 void RegisterDriftCommand(CLI::App& app, Runner* run);
+void RegisterRepoCommand(CLI::App& app, Runner* run);
 
 // What an exported model says about its input and output (Kiln metadata, see
 // exporter::ExportMetadata): normalization and label names. InvalidArgument naming

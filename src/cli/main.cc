@@ -57,6 +57,7 @@ int main(int argc, char** argv) {
 #endif
   kiln::cli::RegisterServeCommand(app, &run);
   kiln::cli::RegisterLoadgenCommand(app, &run);
+  kiln::cli::RegisterRepoCommand(app, &run);
   for (int i = 0; i < argc; ++i) {
     kiln::cli::g_command_line += (i ? " " : "") + std::string(i ? argv[i] : "kiln");
   }

@@ -171,6 +171,11 @@ void RegisterServeCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--default-max-batch-size", a->engine.default_max_batch_size,
                   "max_batch_size given to batching models whose config does not set one")
       ->capture_default_str();
+  cmd->add_flag_function(
+      "--disable-auto-complete-config",
+      [a](int64_t) { a->engine.auto_complete_config = false; },
+      "Triton's flag: complete nothing from the model files; every model needs a config.pbtxt "
+      "that gives platform, max_batch_size, inputs and outputs (name, data_type, dims)");
   cmd->add_option("--max-queue-size", a->engine.max_queue_size,
                   "Queued requests per model before 503 (when the config sets none)")
       ->capture_default_str();

@@ -551,6 +551,50 @@ class HeldPort {
 
 // The port decision (docs/decisions.md): a busy --grpc-port given on the command line is an
 // error; a busy default port (8001) only warns, and HTTP serves; SIGTERM exits 0.
+// The load's configuration override over gRPC, as over HTTP: a config string parameter is
+// applied; malformed JSON, a non-string config and file overrides are INVALID_ARGUMENT and the
+// loaded version goes on serving.
+TEST(GrpcRepositoryTest, LoadWithAConfigOverride) {
+  auto repo = MakeRepository();
+  ServerProcess server(repo->path(), {"--model-control-mode", "explicit", "--load-model", "cifar"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  auto stub = pb::GRPCInferenceService::NewStub(
+      grpc::CreateChannel(server.grpc_address(), grpc::InsecureChannelCredentials()));
+  auto max_batch = [&] {
+    pb::ModelConfigRequest req;
+    req.set_name("cifar");
+    pb::ModelConfigResponse resp;
+    EXPECT_TRUE(stub->ModelConfig(Ctx().get(), req, &resp).ok());
+    return resp.config().max_batch_size();
+  };
+  auto load = [&](const std::string& key, const pb::ModelRepositoryParameter& value) {
+    pb::RepositoryModelLoadRequest req;
+    req.set_model_name("cifar");
+    (*req.mutable_parameters())[key] = value;
+    pb::RepositoryModelLoadResponse resp;
+    return stub->RepositoryModelLoad(Ctx().get(), req, &resp);
+  };
+  auto text = [](const std::string& s) {
+    pb::ModelRepositoryParameter p;
+    p.set_string_param(s);
+    return p;
+  };
+  ASSERT_EQ(max_batch(), 8);
+  auto applied = load("config", text(R"({"max_batch_size": 2, "dynamic_batching": {}})"));
+  ASSERT_TRUE(applied.ok()) << Describe(applied);
+  EXPECT_EQ(max_batch(), 2);
+  pb::ModelRepositoryParameter number;
+  number.set_int64_param(4);
+  const std::pair<std::string, pb::ModelRepositoryParameter> bad[] = {
+      {"config", text("max_batch_size: 4")}, {"config", number}, {"file:1/model.onnx", text("x")}};
+  for (const auto& [key, value] : bad) {
+    auto s = load(key, value);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << key << ": " << Describe(s);
+    EXPECT_EQ(max_batch(), 2) << key;
+  }
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
 TEST(GrpcPortTest, BusyPortsAndSigterm) {
   auto repo = MakeRepository();
   {

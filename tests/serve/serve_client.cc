@@ -284,7 +284,13 @@ input [ { name: "input" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] } ]
 output [ { name: "logits" data_type: TYPE_FP32 dims: [ 10 ] } ]
 )";
 
-// The ONNX model with its batch dimension fixed to 1.
+}  // namespace
+
+void Write(const fs::path& file, const std::string& text) {
+  fs::create_directories(file.parent_path());
+  std::ofstream(file, std::ios::binary) << text;
+}
+
 std::string FixedBatchOnnx(const std::string& bytes) {
   onnx::ModelProto m;
   EXPECT_TRUE(m.ParseFromString(bytes));
@@ -296,13 +302,6 @@ std::string FixedBatchOnnx(const std::string& bytes) {
     }
   }
   return m.SerializeAsString();
-}
-
-}  // namespace
-
-void Write(const fs::path& file, const std::string& text) {
-  fs::create_directories(file.parent_path());
-  std::ofstream(file, std::ios::binary) << text;
 }
 
 // cifar (ONNX, full config, labels), torch (TorchScript, no config), queue, and two broken

@@ -97,6 +97,9 @@ struct Repository {
 // (fixed batch + max_batch_size 8) and pickle (a torch.save file, not TorchScript).
 std::unique_ptr<Repository> MakeRepository();
 
+// The ONNX model `bytes` with its batch dimension fixed to 1 (a classic Triton mistake).
+std::string FixedBatchOnnx(const std::string& bytes);
+
 // Logits of `batch` samples computed directly by ONNX Runtime, one sample at a time.
 std::vector<float> Reference(const std::string& model_file, const std::vector<float>& input,
                              int64_t batch);

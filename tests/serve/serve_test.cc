@@ -791,6 +791,80 @@ TEST(ServeRepositoryTest, LoadUnloadAndNewVersionUnderLoad) {
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
 }
 
+// Triton's load with a configuration override: applied as a config.pbtxt would be (validated,
+// the model reloaded with it), refused with 400 and the reason when it is not a valid config or
+// does not load (the loaded version goes on serving), never ignored.
+TEST(ServeRepositoryTest, LoadWithAConfigOverride) {
+  auto repo = MakeRepository();
+  ServerProcess server(repo->path(), {"--model-control-mode", "explicit", "--load-model", "cifar"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  const std::string u = server.url();
+  auto config = [&] { return json::parse(Http(u + "/v2/models/cifar/config").body); };
+  auto load = [&](const json& body) {
+    return Http(u + "/v2/repository/models/cifar/load", Post(body.dump()));
+  };
+  ASSERT_EQ(config()["max_batch_size"], 8);
+  // A JSON ModelConfig: max_batch_size 4, one instance, a new preferred size.
+  const json override_config = {
+      {"name", "cifar"},
+      {"platform", "onnxruntime_onnx"},
+      {"max_batch_size", 4},
+      {"input", {{{"name", "input"}, {"data_type", "TYPE_FP32"}, {"dims", {3, 32, 32}}}}},
+      {"output", {{{"name", "logits"}, {"data_type", "TYPE_FP32"}, {"dims", {10}}}}},
+      {"dynamic_batching", {{"preferred_batch_size", {2, 4}}}},
+      {"instance_group", {{{"count", 1}, {"kind", "KIND_CPU"}}}}};
+  auto applied = load({{"parameters", {{"config", override_config.dump()}}}});
+  ASSERT_EQ(applied.status, 200) << applied.body;
+  json c = config();
+  EXPECT_EQ(c["max_batch_size"], 4);
+  EXPECT_EQ(c["dynamic_batching"]["preferred_batch_size"], json::array({2, 4}));
+  EXPECT_EQ(c["instance_group"][0]["count"], 1);
+  EXPECT_EQ(Http(u + "/v2/models/cifar/infer", Post(InferJson(RandomInput(8, 1), 8))).status, 400);
+  EXPECT_EQ(Http(u + "/v2/models/cifar/infer", Post(InferJson(RandomInput(4, 1), 4))).status, 200);
+  EXPECT_NE(server.Log().find("loading with the configuration given in the load request"),
+            std::string::npos);
+
+  struct Bad {
+    json body;
+    std::string message;
+  };
+  const Bad bad[] = {
+      {{{"parameters", {{"config", "max_batch_size: 2"}}}}, "not a valid model configuration in JSON"},
+      {{{"parameters", {{"config", json{{"max_batch_sise", 2}}.dump()}}}}, "max_batch_sise"},
+      {{{"parameters", {{"config", 7}}}}, "must be a string"},
+      {{{"parameters", {{"config", json{{"name", "other"}}.dump()}}}}, "names model 'other'"},
+      // Valid JSON, but the batch dimension is inside dims: the load fails, version 1 stays.
+      {{{"parameters",
+         {{"config", json{{"max_batch_size", 8},
+                          {"input", {{{"name", "input"}, {"dims", {8, 3, 32, 32}}}}}}
+                         .dump()}}}},
+       "include the batch dimension"},
+      {{{"parameters", {{"file:1/model.onnx", "AAAA"}}}}, "'file:1/model.onnx' is not supported"},
+      {{{"parameters", {{"priority", 1}}}}, "'priority' is not supported"},
+      {{{"parameters", "config"}}, "'parameters' must be a JSON object"},
+  };
+  for (const auto& b : bad) {
+    auto r = load(b.body);
+    EXPECT_EQ(r.status, 400) << b.body << " -> " << r.body;
+    EXPECT_NE(r.body.find(b.message), std::string::npos) << b.body << " -> " << r.body;
+    EXPECT_EQ(Http(u + "/v2/models/cifar/ready").status, 200) << b.body;
+    EXPECT_EQ(config()["max_batch_size"], 4) << b.body;  // the override stays in force
+  }
+  // A load without parameters reads config.pbtxt again.
+  ASSERT_EQ(Http(u + "/v2/repository/models/cifar/load", Post("")).status, 200);
+  EXPECT_EQ(config()["max_batch_size"], 8);
+  // Unload takes Triton's unload_dependents (Kiln has no ensembles), and nothing else.
+  EXPECT_EQ(Http(u + "/v2/repository/models/cifar/unload",
+                 Post(R"({"parameters": {"unload_dependents": "yes"}})"))
+                .status,
+            400);
+  EXPECT_EQ(Http(u + "/v2/repository/models/cifar/unload",
+                 Post(R"({"parameters": {"unload_dependents": true}})"))
+                .status,
+            200);
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
 // Poll mode: a model folder that appears is loaded, one that disappears is unloaded.
 TEST(ServeRepositoryTest, PollModeFollowsTheRepository) {
   auto repo = MakeRepository();

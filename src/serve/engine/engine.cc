@@ -70,7 +70,9 @@ class EngineImpl : public Engine {
   }
 
   std::vector<ModelIndexEntry> Index() override { return repository_.Index(); }
-  Status Load(const std::string& name) override { return repository_.Load(name); }
+  Status Load(const std::string& name, const std::optional<std::string>& config_json) override {
+    return repository_.Load(name, config_json);
+  }
   Status Unload(const std::string& name) override { return repository_.Unload(name); }
 
   Result<std::vector<ModelStats>> Statistics(const std::string& name,

@@ -93,8 +93,14 @@ std::string Shape(const std::vector<int64_t>& shape) {
 // Completes and checks one tensor list (inputs or outputs) against the model's tensors.
 template <typename Tensor>
 Status CheckTensors(const char* kind, const std::vector<backend::TensorInfo>& model,
-                    google::protobuf::RepeatedPtrField<Tensor>* config, int max_batch_size) {
+                    google::protobuf::RepeatedPtrField<Tensor>* config, int max_batch_size,
+                    const CompleteOptions& options) {
+  const std::string off = " (auto-completion is off: --disable-auto-complete-config)";
   if (config->empty()) {
+    if (!options.auto_complete) {
+      return InvalidArgumentError("the config lists no " + std::string(kind) + "s" + off +
+                                  ": list each with its name, data_type and dims");
+    }
     for (const auto& t : model) {
       Tensor* c = config->Add();
       c->set_name(t.name);
@@ -115,12 +121,24 @@ Status CheckTensors(const char* kind, const std::vector<backend::TensorInfo>& mo
       names += (names.empty() ? "" : ", ") + ("'" + m.name + "'");
       if (m.name == c.name()) t = &m;
     }
-    if (t == nullptr) {
-      return InvalidArgumentError(std::string(kind) + " '" + c.name() +
-                                  "' in the config is not a tensor of the model (the model has " +
-                                  names + "): names in config.pbtxt must equal the model's");
+    if (t == nullptr && options.positional_names) {
+      const int i = PositionalIndex(c.name());
+      if (i >= 0 && static_cast<size_t>(i) < model.size()) t = &model[static_cast<size_t>(i)];
     }
-    if (c.data_type() == inference::TYPE_INVALID) c.set_data_type(ConfigDataType(t->dtype));
+    if (t == nullptr) {
+      return InvalidArgumentError(
+          std::string(kind) + " '" + c.name() +
+          "' in the config is not a tensor of the model (the model has " + names +
+          (options.positional_names ? "; or name it <name>__<index>, e.g. INPUT__0" : "") +
+          "): names in config.pbtxt must equal the model's");
+    }
+    if (c.data_type() == inference::TYPE_INVALID) {
+      if (!options.auto_complete) {
+        return InvalidArgumentError(std::string(kind) + " '" + c.name() + "' has no data_type" +
+                                    off);
+      }
+      c.set_data_type(ConfigDataType(t->dtype));
+    }
     if (c.data_type() != ConfigDataType(t->dtype)) {
       return InvalidArgumentError(std::string(kind) + " '" + c.name() + "': config data_type " +
                                   inference::DataType_Name(c.data_type()) + " but the model has " +
@@ -136,6 +154,11 @@ Status CheckTensors(const char* kind, const std::vector<backend::TensorInfo>& mo
             "and give the full shape in dims");
       }
       if (c.dims_size() == 0) {
+        if (!options.auto_complete) {
+          return InvalidArgumentError(std::string(kind) + " '" + c.name() + "' has no dims" + off +
+                                      ": write dims: " +
+                                      Shape({t->shape.begin() + 1, t->shape.end()}));
+        }
         for (size_t d = 1; d < t->shape.size(); ++d) c.add_dims(t->shape[d]);
       }
       if (static_cast<size_t>(c.dims_size()) == t->shape.size()) {
@@ -159,6 +182,10 @@ Status CheckTensors(const char* kind, const std::vector<backend::TensorInfo>& mo
       }
     } else {
       if (c.dims_size() == 0) {
+        if (!options.auto_complete) {
+          return InvalidArgumentError(std::string(kind) + " '" + c.name() + "' has no dims" + off +
+                                      ": write dims: " + Shape(t->shape));
+        }
         for (int64_t d : t->shape) c.add_dims(d);
       }
       if (static_cast<size_t>(c.dims_size()) != t->shape.size()) {
@@ -210,6 +237,35 @@ Result<inference::ModelConfig> ParseModelConfig(std::string_view text,
   return config;
 }
 
+Result<inference::ModelConfig> ParseModelConfigJson(std::string_view json) {
+  inference::ModelConfig config;
+  google::protobuf::util::JsonParseOptions o;
+  o.ignore_unknown_fields = false;
+  const auto status = google::protobuf::util::JsonStringToMessage(std::string(json), &config, o);
+  if (!status.ok()) {
+    return InvalidArgumentError("the configuration is not a valid model configuration in JSON: " +
+                                std::string(status.message()));
+  }
+  if (const std::string bad = InvalidUtf8Field(config, ""); !bad.empty()) {
+    return InvalidArgumentError("the configuration's " + bad + " is not valid UTF-8");
+  }
+  return config;
+}
+
+int PositionalIndex(const std::string& name) {
+  const size_t sep = name.rfind("__");
+  if (sep == std::string::npos || sep == 0 || sep + 2 >= name.size() ||
+      name.size() - sep - 2 > 6) {
+    return -1;
+  }
+  int index = 0;
+  for (size_t i = sep + 2; i < name.size(); ++i) {
+    if (name[i] < '0' || name[i] > '9') return -1;
+    index = index * 10 + (name[i] - '0');
+  }
+  return index;
+}
+
 Status CompleteModelConfig(const std::vector<backend::TensorInfo>& inputs,
                            const std::vector<backend::TensorInfo>& outputs,
                            const CompleteOptions& options, inference::ModelConfig* config) {
@@ -222,17 +278,17 @@ Status CompleteModelConfig(const std::vector<backend::TensorInfo>& inputs,
     return InvalidArgumentError("max_batch_size must be >= 0");
   }
   // Auto-complete max_batch_size only when the config says nothing about tensors either.
-  if (config->max_batch_size() == 0 && config->input().empty() && config->output().empty() &&
-      dynamic) {
+  if (options.auto_complete && config->max_batch_size() == 0 && config->input().empty() &&
+      config->output().empty() && dynamic) {
     config->set_max_batch_size(options.default_max_batch_size);
     if (config->scheduling_choice_case() == inference::ModelConfig::SCHEDULING_CHOICE_NOT_SET) {
       config->mutable_dynamic_batching();
     }
   }
   KILN_RETURN_IF_ERROR(CheckTensors("input", inputs, config->mutable_input(),
-                                    config->max_batch_size()));
+                                    config->max_batch_size(), options));
   KILN_RETURN_IF_ERROR(CheckTensors("output", outputs, config->mutable_output(),
-                                    config->max_batch_size()));
+                                    config->max_batch_size(), options));
   if (config->input_size() != 1 || config->output_size() != 1) {
     return UnimplementedError("Kiln serves models with one input and one output");
   }

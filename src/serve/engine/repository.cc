@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <cstring>
 #include <iostream>
+#include <random>
 #include <set>
 #include <sstream>
 
@@ -61,6 +63,73 @@ std::string Fingerprint(const fs::path& dir) {
 }
 
 
+// Runs the config's model_warmup samples (Triton's semantics) through every instance before
+// the version is READY: `batch_size` copies of one sample (zeros, random values, or the raw
+// FP32 bytes of warmup/<input_data_file>), `count` times (at least once). A sample that does
+// not fit the model, or a run that fails, fails the load.
+Status Warmup(const ModelInfo& info, const fs::path& model_dir,
+              std::vector<std::unique_ptr<backend::InferenceBackend>>& backends) {
+  std::mt19937 rng(0x6b696c6e);
+  for (const auto& w : info.config.model_warmup()) {
+    const std::string what = "model_warmup '" + w.name() + "'";
+    const int64_t batch = std::max<int64_t>(1, w.batch_size());
+    if (batch > std::max<int64_t>(1, info.max_batch_size)) {
+      return InvalidArgumentError(what + ": batch_size " + std::to_string(batch) +
+                                  " is over max_batch_size " +
+                                  std::to_string(info.max_batch_size));
+    }
+    if (w.inputs_size() != 1 || w.inputs().count(info.input_name) == 0) {
+      return InvalidArgumentError(what + ": give exactly one input, '" + info.input_name + "'");
+    }
+    const auto& in = w.inputs().at(info.input_name);
+    if (in.data_type() != inference::TYPE_FP32) {
+      return InvalidArgumentError(what + ": the input's data_type must be TYPE_FP32");
+    }
+    if (!std::equal(in.dims().begin(), in.dims().end(), info.input_dims.begin(),
+                    info.input_dims.end())) {
+      return InvalidArgumentError(what + ": dims must be the input's dims " +
+                                  ShapeString(info.input_dims) + " (without the batch)");
+    }
+    std::vector<float> sample(static_cast<size_t>(info.input_elements), 0.f);
+    if (in.input_data_type_case() == inference::ModelWarmup::Input::kRandomData) {
+      std::uniform_real_distribution<float> uniform(0.f, 1.f);
+      for (float& v : sample) v = uniform(rng);
+    } else if (in.input_data_type_case() == inference::ModelWarmup::Input::kInputDataFile) {
+      const std::string& file = in.input_data_file();
+      if (file.empty() || file.find("..") != std::string::npos || file[0] == '/') {
+        return InvalidArgumentError(what + ": input_data_file '" + file +
+                                    "' must name a file in the model's warmup/ folder");
+      }
+      const fs::path path = model_dir / "warmup" / file;
+      const std::string bytes = ReadFile(path);
+      if (bytes.size() != sample.size() * sizeof(float)) {
+        return InvalidArgumentError(what + ": " + path.string() + " holds " +
+                                    std::to_string(bytes.size()) + " bytes; one sample of " +
+                                    ShapeString(info.input_dims) + " FP32 is " +
+                                    std::to_string(sample.size() * sizeof(float)));
+      }
+      std::memcpy(sample.data(), bytes.data(), bytes.size());
+    }
+    std::vector<float> input;
+    input.reserve(sample.size() * static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) input.insert(input.end(), sample.begin(), sample.end());
+    std::vector<float> output(static_cast<size_t>(info.output_elements * batch));
+    const auto start = std::chrono::steady_clock::now();
+    for (auto& backend : backends) {
+      for (uint32_t i = 0; i < std::max<uint32_t>(1, w.count()); ++i) {
+        Status s = backend->Run(input.data(), batch, output.data());
+        if (!s.ok()) return Status(s.code(), what + " failed: " + s.message());
+      }
+    }
+    std::cerr << "kiln serve: model '" << info.name << "' version " << info.version << ": "
+              << what << " (batch " << batch << ") ran in "
+              << std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                           start).count()
+              << " ms\n";
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 ModelRepository::ModelRepository(const EngineOptions& options, metrics::Registry* registry)
@@ -76,16 +145,17 @@ Status ModelRepository::Start() {
   if (!fs::is_directory(options_.repository, ec)) {
     return NotFoundError("model repository '" + options_.repository + "' is not a folder");
   }
+  // A model that fails is logged and listed UNAVAILABLE with its reason; the server starts.
   if (options_.control_mode == ModelControlMode::kExplicit) {
     for (const auto& m : options_.startup_models) {
       if (m == "*") {
-        for (const auto& name : ScanNames()) LoadModel(name);
+        for (const auto& name : ScanNames()) (void)LoadModel(name);
       } else {
-        LoadModel(m);
+        (void)LoadModel(m);
       }
     }
   } else {
-    for (const auto& name : ScanNames()) LoadModel(name);
+    for (const auto& name : ScanNames()) (void)LoadModel(name);
   }
   if (options_.control_mode == ModelControlMode::kPoll) {
     poller_ = std::thread([this] { Poll(); });
@@ -144,7 +214,8 @@ std::vector<ModelIndexEntry> ModelRepository::Index() {
 }
 
 
-Status ModelRepository::Load(const std::string& name) {
+Status ModelRepository::Load(const std::string& name,
+                             const std::optional<std::string>& config_json) {
   if (options_.control_mode != ModelControlMode::kExplicit) {
     return InvalidArgumentError("explicit model load / unload is not allowed unless the server "
                                 "runs with --model-control-mode explicit");
@@ -154,15 +225,20 @@ Status ModelRepository::Load(const std::string& name) {
       !fs::is_directory(fs::path(options_.repository) / name, ec)) {
     return NotFoundError("no model '" + name + "' in the repository");
   }
-  LoadModel(name);
-  std::lock_guard l(mu_);
-  const auto& e = models_[name];
-  for (const auto& [v, s] : e.versions) {
-    if (s.model) return Status::Ok();
+  std::optional<inference::ModelConfig> override_config;
+  if (config_json) {
+    auto c = ParseModelConfigJson(*config_json);
+    if (!c.ok()) {
+      return InvalidArgumentError("load of '" + name + "': parameter 'config': " +
+                                  c.status().message());
+    }
+    if (!c->name().empty() && c->name() != name) {
+      return InvalidArgumentError("load of '" + name + "': parameter 'config' names model '" +
+                                  c->name() + "'");
+    }
+    override_config = std::move(c).value();
   }
-  std::string reason = e.reason;
-  for (const auto& [v, s] : e.versions) reason += (reason.empty() ? "" : "; ") + s.reason;
-  return InvalidArgumentError("failed to load '" + name + "': " + reason);
+  return LoadModel(name, override_config ? &*override_config : nullptr);
 }
 
 
@@ -287,6 +363,10 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
     if (config.backend() == "pytorch") platform = kTorchPlatform;
   }
   std::error_code ec;
+  if (platform.empty() && !options_.auto_complete_config) {
+    return InvalidArgumentError("the config names no platform or backend (auto-completion is off: "
+                                "--disable-auto-complete-config)");
+  }
   if (platform.empty()) {
     if (fs::exists(vdir / "model.onnx", ec)) platform = kOnnxPlatform;
     else if (fs::exists(vdir / "model.pt", ec)) platform = kTorchPlatform;
@@ -361,6 +441,8 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
   auto& first = *backends[0];
   CompleteOptions co;
   co.default_max_batch_size = options_.default_max_batch_size;
+  co.auto_complete = options_.auto_complete_config;
+  co.positional_names = !onnx;
   auto inputs = first.inputs();
   auto outputs = first.outputs();
   KILN_RETURN_IF_ERROR(CompleteModelConfig(inputs, outputs, co, &config));
@@ -418,6 +500,7 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
     }
   }
   info->config = config;
+  KILN_RETURN_IF_ERROR(Warmup(*info, model_dir, backends));
   int64_t max_queue = options_.max_queue_size;
   auto timeout = std::chrono::duration_cast<Clock::duration>(
       std::chrono::milliseconds(options_.request_timeout_ms));
@@ -446,7 +529,8 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
 
 
 // (Re)loads a model: reads its config and versions, loads them all, then swaps them in.
-void ModelRepository::LoadModel(const std::string& name) {
+Status ModelRepository::LoadModel(const std::string& name,
+                                  const inference::ModelConfig* override_config) {
   std::lock_guard load_lock(load_mu_);  // one load at a time
   const fs::path dir = fs::path(options_.repository) / name;
   ModelEntry entry;
@@ -456,7 +540,14 @@ void ModelRepository::LoadModel(const std::string& name) {
   std::vector<std::string> warnings;
   std::error_code ec;
   Status failure;
-  if (fs::exists(dir / "config.pbtxt", ec)) {
+  if (override_config != nullptr) {
+    config = *override_config;
+    std::cerr << "kiln serve: model '" << name
+              << "': loading with the configuration given in the load request\n";
+  } else if (!options_.auto_complete_config && !fs::exists(dir / "config.pbtxt", ec)) {
+    failure = NotFoundError("no config.pbtxt, and auto-completion is off "
+                            "(--disable-auto-complete-config)");
+  } else if (fs::exists(dir / "config.pbtxt", ec)) {
     auto c = ParseModelConfig(ReadFile(dir / "config.pbtxt"), &warnings);
     if (c.ok()) {
       config = std::move(c).value();
@@ -517,6 +608,15 @@ void ModelRepository::LoadModel(const std::string& name) {
   for (const auto& [v, s] : entry.versions) {
     if (s.model) std::cerr << "kiln serve: model '" << name << "' version " << v << " READY\n";
   }
+  // This load's outcome: some version of the new state is READY, or why none is.
+  const bool any_ready = std::any_of(entry.versions.begin(), entry.versions.end(),
+                                     [](const auto& v) { return v.second.model != nullptr; });
+  Status outcome;
+  if (!any_ready) {
+    std::string reason = entry.reason;
+    for (const auto& [v, s] : entry.versions) reason += (reason.empty() ? "" : "; ") + s.reason;
+    outcome = InvalidArgumentError("failed to load '" + name + "': " + reason);
+  }
   ModelEntry old;
   {
     std::lock_guard l(mu_);
@@ -524,8 +624,6 @@ void ModelRepository::LoadModel(const std::string& name) {
     old = std::move(slot);
     // As Triton does on a failed reload: when nothing of the new state loads, the versions
     // that were serving go on serving (and the failed ones say why they are UNAVAILABLE).
-    const bool any_ready = std::any_of(entry.versions.begin(), entry.versions.end(),
-                                       [](const auto& v) { return v.second.model != nullptr; });
     if (!any_ready) {
       for (auto& [v, state] : old.versions) {
         if (!state.model) continue;  // (a version whose own reload failed is kept too)
@@ -538,6 +636,7 @@ void ModelRepository::LoadModel(const std::string& name) {
     PublishReady(name, old, slot);
   }
   Retire(old);
+  return outcome;
 }
 
 
@@ -583,7 +682,7 @@ void ModelRepository::Poll() {
       if (seen.count(n) == 0 && e.loaded) unload.push_back(n);
     }
     l.unlock();
-    for (const auto& n : load) LoadModel(n);
+    for (const auto& n : load) (void)LoadModel(n);  // a failure is logged and in the index
     for (const auto& n : unload) UnloadModel(n, "removed from the repository");
     l.lock();
   }

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,7 +41,10 @@ class ModelRepository {
   // Unavailable when none is ready (an empty list only for "").
   Result<std::vector<std::shared_ptr<Batcher>>> Ready(const std::string& name);
   std::vector<ModelIndexEntry> Index();
-  Status Load(const std::string& name);
+  // `config_json`: Triton's configuration override (ParseModelConfigJson), used instead of
+  // config.pbtxt for this load; a config that does not parse or load is InvalidArgument and the
+  // versions serving go on serving.
+  Status Load(const std::string& name, const std::optional<std::string>& config_json);
   Status Unload(const std::string& name);
   // Stops polling and every version (each finishes its queued requests). Idempotent.
   void Shutdown();
@@ -64,7 +68,11 @@ class ModelRepository {
   Result<std::shared_ptr<Batcher>> LoadVersion(const std::string& name, int64_t version,
                                                const inference::ModelConfig& base,
                                                const std::vector<std::string>& warnings);
-  void LoadModel(const std::string& name);
+  // `override_config`: use it instead of the model's config.pbtxt (null: read the file). OK when
+  // a version of the new state is READY; else InvalidArgument with the reasons, while the
+  // versions that were serving go on serving.
+  Status LoadModel(const std::string& name,
+                   const inference::ModelConfig* override_config = nullptr);
   void UnloadModel(const std::string& name, const std::string& reason);
   static void Retire(ModelEntry& old);
   void Poll();

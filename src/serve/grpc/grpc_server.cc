@@ -398,24 +398,43 @@ class Service final : public inference::GRPCInferenceService::Service {
                                    const inference::RepositoryModelLoadRequest* req,
                                    inference::RepositoryModelLoadResponse*) override {
     return Guard([&] {
-      // Triton's load parameters override the config or the model files; Kiln loads only what
-      // the repository holds, so it refuses them rather than ignore them.
-      for (const auto& parameter : req->parameters()) {
-        const std::string& key = parameter.first;
-        if (key == "config" || key.rfind("file:", 0) == 0) {
-          return ToGrpc(UnimplementedError("load parameter '" + key +
-                                           "' is not supported: Kiln loads the model as the "
-                                           "repository holds it"));
+      // Triton's load parameters: "config" (a JSON ModelConfig used instead of config.pbtxt) is
+      // applied; "file:<path>" model overrides are refused rather than ignored.
+      std::optional<std::string> config;
+      for (const auto& [key, value] : req->parameters()) {
+        if (key == "config") {
+          if (value.parameter_choice_case() != inference::ModelRepositoryParameter::kStringParam) {
+            return ToGrpc(InvalidArgumentError(
+                "load parameter 'config' must be a string_param holding the model "
+                "configuration as JSON"));
+          }
+          config = value.string_param();
+        } else if (key.rfind("file:", 0) == 0) {
+          return ToGrpc(InvalidArgumentError(
+              "load parameter '" + key + "' is not supported: Kiln loads model files from the "
+              "repository (a 'config' override is supported)"));
+        } else {
+          return ToGrpc(InvalidArgumentError("load parameter '" + key + "' is not supported"));
         }
       }
-      return ToGrpc(engine_->Load(req->model_name()));
+      return ToGrpc(engine_->Load(req->model_name(), config));
     });
   }
 
   grpc::Status RepositoryModelUnload(grpc::ServerContext*,
                                      const inference::RepositoryModelUnloadRequest* req,
                                      inference::RepositoryModelUnloadResponse*) override {
-    return Guard([&] { return ToGrpc(engine_->Unload(req->model_name())); });
+    return Guard([&] {
+      for (const auto& [key, value] : req->parameters()) {
+        // Kiln has no ensembles, so a model has no dependents to unload with it.
+        if (key == "unload_dependents" &&
+            value.parameter_choice_case() == inference::ModelRepositoryParameter::kBoolParam) {
+          continue;
+        }
+        return ToGrpc(InvalidArgumentError("unload parameter '" + key + "' is not supported"));
+      }
+      return ToGrpc(engine_->Unload(req->model_name()));
+    });
   }
 
  private:

@@ -163,9 +163,8 @@ void Router::Dispatch(Request req, Reply reply, bool metrics_only, std::string* 
       if (!only("POST")) return;
       const std::string name = PercentDecode(seg[4]);
       const bool load = seg[5] == "load";
-      return Post(control_, std::move(reply), [this, name, load] {
-        Status s = load ? engine_->Load(name) : engine_->Unload(name);
-        return s.ok() ? Response{200, "application/json", "", {}} : Error(s);
+      return Post(control_, std::move(reply), [this, name, load, body = std::move(req.body)] {
+        return RepositoryControl(name, load, body);
       });
     }
     *handler = "other";
@@ -384,6 +383,44 @@ void Router::Infer(Request req, const std::string& model_name, const std::string
               });
       },
       /*follow_latest=*/version.empty());
+}
+
+// Triton's load / unload body: {"parameters": {...}}. Load takes "config" (a JSON ModelConfig
+// in a string, used instead of config.pbtxt); unload takes "unload_dependents" (Kiln has no
+// ensembles, so there are none). Any other parameter, such as Triton's "file:<path>" model
+// overrides, is refused rather than ignored.
+Response Router::RepositoryControl(const std::string& name, bool load, const std::string& body) {
+  std::optional<std::string> config;
+  if (!body.empty()) {
+    auto j = ParseJson(body, json_limits());
+    if (!j.ok()) return Error(j.status());
+    if (!j->is_object()) return Error(400, "the request body must be a JSON object");
+    if (j->contains("parameters")) {
+      const json& parameters = (*j)["parameters"];
+      if (!parameters.is_object()) return Error(400, "'parameters' must be a JSON object");
+      for (const auto& [key, value] : parameters.items()) {
+        if (load && key == "config") {
+          if (!value.is_string()) {
+            return Error(400, "load parameter 'config' must be a string holding the model "
+                              "configuration as JSON");
+          }
+          config = value.get<std::string>();
+        } else if (!load && key == "unload_dependents") {
+          if (!value.is_boolean()) {
+            return Error(400, "unload parameter 'unload_dependents' must be true or false");
+          }
+        } else if (load && key.rfind("file:", 0) == 0) {
+          return Error(400, "load parameter '" + key + "' is not supported: Kiln loads model "
+                            "files from the repository (a 'config' override is supported)");
+        } else {
+          return Error(400, std::string(load ? "load" : "unload") + " parameter '" + key +
+                                "' is not supported");
+        }
+      }
+    }
+  }
+  Status s = load ? engine_->Load(name, config) : engine_->Unload(name);
+  return s.ok() ? Response{200, "application/json", "", {}} : Error(s);
 }
 
 Response Router::RepositoryIndex(const std::string& body) {

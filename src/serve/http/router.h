@@ -82,6 +82,7 @@ class Router {
   Response Health();
   Response Stats();
   Response RepositoryIndex(const std::string& body);
+  Response RepositoryControl(const std::string& name, bool load, const std::string& body);
   Response ModelStatsJson(const std::string& model, const std::string& version);
   Response ModelDriftJson(const std::string& model, const std::string& version);
   json DriftSummary(const std::string& model, const std::string& version);

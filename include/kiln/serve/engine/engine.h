@@ -49,6 +49,9 @@ struct EngineOptions {
   std::vector<std::string> startup_models;
   int poll_seconds = 5;  // poll mode: rescan interval
   int default_max_batch_size = 32;  // for auto-completed configs of batching models
+  // false = Triton's --disable-auto-complete-config: every config.pbtxt must be complete on its
+  // own (CompleteOptions::auto_complete); a model without one is UNAVAILABLE.
+  bool auto_complete_config = true;
   // Queue bound (requests) when the config's default_queue_policy.max_queue_size is 0.
   int max_queue_size = 256;
   // Per-request timeout in the queue (config default_timeout_microseconds overrides when set).
@@ -196,8 +199,13 @@ class Engine {
                      int64_t batch, InferCallback done, bool follow_latest = true) = 0;
 
   virtual std::vector<ModelIndexEntry> Index() = 0;
-  // Repository extension. In mode none/poll: InvalidArgument (as Triton).
-  virtual Status Load(const std::string& name) = 0;
+  // Repository extension. In mode none/poll: InvalidArgument (as Triton). `config_json`:
+  // Triton's configuration override (a load request's parameters.config, the JSON form of
+  // ModelConfig), used instead of config.pbtxt for this load; it is validated like a
+  // config.pbtxt, and one that does not parse or does not load fails with InvalidArgument while
+  // the versions that were serving go on serving.
+  virtual Status Load(const std::string& name,
+                      const std::optional<std::string>& config_json = std::nullopt) = 0;
   virtual Status Unload(const std::string& name) = 0;
   // name "" = every model; version "" = every loaded version.
   virtual Result<std::vector<ModelStats>> Statistics(const std::string& name,

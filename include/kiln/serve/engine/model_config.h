@@ -32,6 +32,14 @@ struct CompleteOptions {
   // max_batch_size written into a config that does not give one, for a model whose batch
   // dimension is dynamic (Triton's --backend-config=default-max-batch-size, default 4 there).
   int default_max_batch_size = 32;
+  // false = Triton's --disable-auto-complete-config: nothing is filled in from the model (no
+  // max_batch_size, tensors, data types, dims or dynamic_batching); a config that leaves one
+  // out fails, naming it. Defaults that are not auto-completion (one CPU instance when
+  // instance_group is empty) still apply, as in Triton.
+  bool auto_complete = true;
+  // The TorchScript convention of Triton's PyTorch backend: a config tensor named
+  // "<anything>__<i>" (INPUT__0, OUTPUT__0) is the model's i-th input or output.
+  bool positional_names = false;
 };
 
 // Triton's auto-complete and validation against what the model file says (`inputs`, `outputs`
@@ -43,6 +51,15 @@ struct CompleteOptions {
 Status CompleteModelConfig(const std::vector<backend::TensorInfo>& inputs,
                            const std::vector<backend::TensorInfo>& outputs,
                            const CompleteOptions& options, inference::ModelConfig* config);
+
+// A load's configuration override (Triton's `parameters.config` of a repository load request):
+// the JSON form of ModelConfig (protobuf's JSON mapping; field names as in config.pbtxt or in
+// lowerCamelCase). Unknown fields, syntax errors and strings that are not UTF-8 are
+// InvalidArgument.
+Result<inference::ModelConfig> ParseModelConfigJson(std::string_view json);
+
+// The index i of a Triton positional tensor name "<anything>__<i>", or -1.
+int PositionalIndex(const std::string& name);
 
 // "TYPE_FP32" <-> KServe's "FP32".
 std::string KServeDataType(inference::DataType type);
