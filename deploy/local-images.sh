@@ -4,8 +4,9 @@
 #
 #   1. the base image docker.io/library/debian:bookworm-slim, made locally: debootstrap
 #      --variant=minbase bookworm into a folder, slimmed like Debian's official slim image, with
-#      this host's apt sources and Acquire settings (so containers reach Debian's mirror the way
-#      the host does), then `podman import`. deploy/Dockerfile stays the standard one.
+#      this host's apt sources and Acquire settings and its locally added CA certificates (so
+#      containers reach Debian's mirror and the registries the way the host does), then
+#      `podman import`. deploy/Dockerfile stays the standard one.
 #   2. the images of the Debian-packaged services of deploy/compose.local.yaml (prometheus,
 #      alertmanager, node-exporter, nginx, nginx-exporter), built from deploy/local/Dockerfile
 #      on that base image.
@@ -31,7 +32,7 @@ for arg in "$@"; do
     --kiln) BUILD_KILN=1 ;;
     --base-only) BASE_ONLY=1 ;;
     --rebuild-base) REBUILD_BASE=1 ;;
-    -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "local-images.sh: unknown argument '$arg' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -88,6 +89,13 @@ make_base() {
   done
   [ "$copied" -eq 1 ] || echo "deb $mirror bookworm main" > "$rootfs/etc/apt/sources.list"
   grep -h '^Acquire::' /etc/apt/apt.conf.d/* 2>/dev/null > "$rootfs/etc/apt/apt.conf.d/90host-acquire" || true
+  # HTTPS reaches the registries (npm: ONNX Runtime in the build stage) as it does from the host:
+  # the CA certificates this host added locally (e.g. an egress proxy's) are trusted in the
+  # image too, once ca-certificates is installed there (its update-ca-certificates reads them).
+  if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$rootfs/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
+  fi
 
   # Slim, as Debian's official -slim images are (debuerreotype's slimify list): no manuals,
   # documentation other than copyright files, or translations; apt keeps no package cache.

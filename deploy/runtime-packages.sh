@@ -8,7 +8,7 @@
 # Exit 1 when a library cannot be found (ldd's "not found").
 set -euo pipefail
 case "${1:-}" in
-  -h|--help|"") sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ]; exit $? ;;
+  -h|--help|"") sed -n '2,/^set -e/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; [ -n "${1:-}" ]; exit $? ;;
 esac
 binary="$1"
 [ -x "$binary" ] || { echo "runtime-packages.sh: $binary is not an executable" >&2; exit 2; }

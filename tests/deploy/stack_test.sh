@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     --kiln) KILN="$2"; shift 2 ;;
     --data) DATA="$2"; shift 2 ;;
     --keep-logs) LOGS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -e/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "stack_test.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
