@@ -11,7 +11,9 @@ For each kustomization (deploy/k8s/base, every overlay, deploy/k8s/prometheus-ad
      in scripts/python/requirements.txt, offline), strict: unknown fields are errors;
   3. every ServiceMonitor against prometheus-operator's CRD schema, through the validators of
      the npm package @kubernetes-models/prometheus-operator (generated from the CRDs; offline)
-     by tests/deploy/validate_crd.mjs; a kind no schema knows is an error, never a skip;
+     by tests/deploy/validate_crd.mjs, and against the same package's TypeScript interface with
+     tsc (the CRD schema allows unknown fields; the interface's excess property check does
+     not); a kind no schema knows is an error, never a skip;
   4. what no schema can say: the probes use the KServe health endpoints, the pods run as
      non-root on a read-only root file system with requests and limits, the init container
      fills the volume kiln serves, the Service, ServiceMonitor and PodDisruptionBudget select
@@ -23,7 +25,7 @@ Exit 0 when everything holds, 1 with every finding otherwise.
 --self-test proves the validators would fail: it breaks copies of the rendered production
 manifests in known ways (an unknown field, a wrong type, a bad ServiceMonitor interval, a
 missing required field, a liveness probe off the health endpoints, a writable root file system,
-an HPA on another metric, an invalid PromQL rule) and passes only if each one is reported.
+an HPA on another metric, a misspelt ServiceMonitor field, an invalid PromQL rule) and passes only if each one is reported.
 """
 
 import copy
@@ -98,6 +100,48 @@ def validate_crds(docs):
     for (where, _), error in zip(docs, results):
         if error:
             fail(where, f"invalid against prometheus-operator's CRD schema: {error}")
+
+
+def typecheck_crds(docs):
+    """[(where, doc)] of CRD kinds -> findings from tsc: the CRD's JSON schema allows unknown
+    fields, the TypeScript interfaces of the same package do not (excess property checks on
+    object literals), so a misspelt field is caught too."""
+    if not docs:
+        return
+    node = shutil.which("node")
+    tsc = os.path.join(ROOT, "node_modules", "typescript", "bin", "tsc")
+    if node is None or not os.path.exists(tsc):
+        fail("ServiceMonitor", "needs node and node_modules/typescript (scripts/setup.sh)")
+        return
+    types = {"ServiceMonitor": "IServiceMonitor"}
+    cache = os.path.join(ROOT, ".cache")
+    os.makedirs(cache, exist_ok=True)
+    # Inside the checkout, so that node_modules/ resolves as for any project file.
+    with tempfile.TemporaryDirectory(prefix="k8s-crd-types-", dir=cache) as tmp:
+        lines, where_of = [], {}
+        for kind, iface in types.items():
+            lines.append(f'import type {{ {iface} }} from "@kubernetes-models/prometheus-operator/'
+                         f'monitoring.coreos.com/v1/{kind}";')
+        for i, (where, doc) in enumerate(docs):
+            where_of[len(lines) + 1] = where
+            lines.append(f"export const m{i}: {types[doc['kind']]} = {json.dumps(doc)};")
+        with open(os.path.join(tmp, "check.ts"), "w") as f:
+            f.write("\n".join(lines) + "\n")
+        with open(os.path.join(tmp, "tsconfig.json"), "w") as f:
+            json.dump({"compilerOptions": {
+                "strict": True, "noEmit": True, "module": "esnext", "moduleResolution": "bundler",
+                "target": "es2022", "skipLibCheck": True, "types": []},
+                "files": ["check.ts"]}, f)
+        out = subprocess.run([node, tsc, "-p", os.path.join(tmp, "tsconfig.json")],
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            for line in (out.stdout + out.stderr).strip().splitlines():
+                m = re.match(r".*check\.ts\((\d+),\d+\): (.*)", line)
+                if m:
+                    fail(where_of.get(int(m.group(1)), "ServiceMonitor"),
+                         f"type check: {m.group(2)}")
+                elif line.strip() and not line.startswith(" "):
+                    fail("ServiceMonitor", f"tsc: {line}")
 
 
 def selects(selector, labels):
@@ -278,6 +322,9 @@ def self_test(kustomize, version, promtool):
          lambda d: kind(d, "ServiceMonitor")["spec"]["endpoints"][0].update(interval="15 s")),
         ("ServiceMonitor without a selector",
          lambda d: kind(d, "ServiceMonitor")["spec"].pop("selector")),
+        ("misspelt field in a ServiceMonitor endpoint",
+         lambda d: kind(d, "ServiceMonitor")["spec"]["endpoints"][0].update(
+             scrapeIntervall="15s")),
         ("liveness probe on /healthz",
          lambda d: container(d)["livenessProbe"]["httpGet"].update(path="/healthz")),
         ("writable root file system",
@@ -300,6 +347,7 @@ def self_test(kustomize, version, promtool):
                 validate_builtin("mutated", doc, version)
         check_semantics("mutated", docs, metric)
         validate_crds(crd)
+        typecheck_crds(crd)
         print(f"{'caught' if findings else 'MISSED'}: {what}"
               + (f" ({findings[0][:100]})" if findings else ""))
         ok = ok and bool(findings)
@@ -352,6 +400,7 @@ def main():
                 validate_builtin(name, doc, args.kubernetes_version)
         check_semantics(name, docs, adapter_metric)
     validate_crds(crd_docs)
+    typecheck_crds(crd_docs)
     total = sum(counts.values())
     print(f"{len(rendered)} kustomizations, {total} manifests ("
           + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) + ")")
