@@ -2,8 +2,13 @@
 # Installs everything Kiln needs on Debian 12 (bookworm). Idempotent: safe to re-run; a second
 # run only checks. Needs root (or sudo) for apt-get and update-alternatives.
 #
-#   scripts/setup.sh            install system packages, provision ONNX Runtime, create .venv
-#   scripts/setup.sh --check    only report what is missing; exit 1 if anything is
+#   scripts/setup.sh                install system packages, provision ONNX Runtime, create .venv,
+#                                   Node packages and kustomize
+#   scripts/setup.sh --check        only report what is missing; exit 1 if anything is
+#   scripts/setup.sh --serve-build  only what building the serving side needs (the container
+#                                   image's build stage, deploy/Dockerfile): the toolchain, the
+#                                   libraries `kiln` links, the OpenMP OpenBLAS, ONNX Runtime; no
+#                                   test, benchmark or deployment tools, .venv or Node packages
 #
 # ONNX Runtime is not packaged for Debian 12. It is provisioned into third_party/onnxruntime
 # (git-ignored) from two pinned, checksummed downloads:
@@ -15,14 +20,17 @@
 #     the system. The ORT C API is versioned, so 1.21 headers work with the 1.30 library.
 # Where a system ONNX Runtime exists (e.g. Debian 13's libonnxruntime-dev), it is used instead.
 # Python tools from PyPI go into the project's virtual environment .venv/, pinned with hashes in
-# scripts/python/requirements.txt.
+# scripts/python/requirements.txt. kustomize (deploy/k8s tests) is built from the Go module proxy
+# into third_party/kustomize/ with the machine's Go.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CHECK_ONLY=0
+SERVE_BUILD=0
 case "${1:-}" in
   --check) CHECK_ONLY=1 ;;
-  -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  --serve-build) SERVE_BUILD=1 ;;
+  -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "setup.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
 esac
@@ -39,13 +47,11 @@ fi
 # ---------------------------------------------------------------------------------------------
 # 1. Debian packages.
 # ---------------------------------------------------------------------------------------------
-PACKAGES=(
+# What building `kiln` needs (and all that --serve-build installs).
+BUILD_PACKAGES=(
   # toolchain
-  build-essential cmake ninja-build pkg-config git ca-certificates curl ccache
-  clang-format clang-tidy
-  # fuzzing (scripts/fuzz.sh, the fuzz preset): clang 14 with libFuzzer and its sanitizer runtimes
-  clang-14 libfuzzer-14-dev libclang-rt-14-dev
-  # training: libtorch (CPU, oneDNN) + a fast BLAS (OpenMP build of OpenBLAS)
+  build-essential cmake ninja-build pkg-config ca-certificates curl
+  # libtorch (CPU, oneDNN; the TorchScript engine, and training) + a fast BLAS (OpenMP OpenBLAS)
   libtorch-dev libopenblas0-openmp
   # data: tar.gz reading, checksums, downloads
   libarchive-dev libssl-dev libcurl4-openssl-dev
@@ -57,18 +63,31 @@ PACKAGES=(
   libonnx-dev libprotobuf-dev protobuf-compiler
   # CLI, JSON, logging
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev prometheus-cpp-dev
+  # serving: Boost.Beast/Asio (headers), gRPC (grpc++ and protoc's grpc_cpp_plugin)
+  libboost-dev libgrpc++-dev protobuf-compiler-grpc
+)
+PACKAGES=(
+  "${BUILD_PACKAGES[@]}"
+  git ccache clang-format clang-tidy
+  # fuzzing (scripts/fuzz.sh, the fuzz preset): clang 14 with libFuzzer and its sanitizer runtimes
+  clang-14 libfuzzer-14-dev libclang-rt-14-dev
   # tests and benchmarks; python3-torch is the PyTorch baseline `kiln bench` compares against
   libgtest-dev libgmock-dev libbenchmark-dev python3-torch
-  # serving: Boost.Beast/Asio (headers), gRPC (grpc++ and protoc's grpc_cpp_plugin), promtool
-  # for the metrics test; monitoring (deploy/prometheus tests): amtool, node-exporter and the
-  # nginx exporter
-  libboost-dev libgrpc++-dev protobuf-compiler-grpc prometheus prometheus-alertmanager
-  prometheus-node-exporter prometheus-nginx-exporter
+  # monitoring (deploy/prometheus tests, the Grafana live test): promtool, amtool, node-exporter
+  # and the nginx exporter
+  prometheus prometheus-alertmanager prometheus-node-exporter prometheus-nginx-exporter
   # serving benchmarks and the browser test: wrk, the FastAPI baseline, headless Chromium
   wrk chromium python3-fastapi python3-uvicorn python3-multipart python3-pil
+  # deployment (deploy/, docs/deploy.md): nginx in front of kiln (the nginx test); rootful podman
+  # with runc (crun refuses this machine's cgroup layout), CNI networking with DNS between
+  # containers, catatonit as the containers' init; debootstrap for the local base image;
+  # Docker Compose 1.29 (talks to podman's Docker API) and podman-compose
+  nginx podman runc containernetworking-plugins golang-github-containernetworking-plugin-dnsname
+  catatonit debootstrap docker-compose podman-compose
   # the project's virtual environment for PyPI tools (section 4)
   python3-venv
 )
+[ "$SERVE_BUILD" -eq 1 ] && PACKAGES=("${BUILD_PACKAGES[@]}")
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -86,12 +105,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
 else
   say "Debian packages: all ${#PACKAGES[@]} present"
 fi
-# npm (to fetch the ONNX Runtime library): any Node.js install will do; Debian's if none.
-if ! command -v npm >/dev/null; then
-  [ "$CHECK_ONLY" -eq 1 ] && { echo "npm missing"; exit 1; }
-  say "installing npm from Debian"
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
-fi
+# npm (to fetch the ONNX Runtime library and the Node packages): any Node.js install will do;
+# Debian's if none. Installed only when a download needs it.
+ensure_npm() {
+  if ! command -v npm >/dev/null; then
+    [ "$CHECK_ONLY" -eq 1 ] && { echo "npm missing"; exit 1; }
+    say "installing npm from Debian"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+  fi
+}
+[ "$SERVE_BUILD" -eq 1 ] || ensure_npm
 
 # libtorch links libblas.so.3 / liblapack.so.3 through alternatives; apt leaves the slow
 # reference BLAS selected. The OpenMP OpenBLAS is up to 2.3x faster here (the pthread build is
@@ -138,6 +161,7 @@ else
   tgz="$CACHE/onnxruntime-node-${ORT_NPM_VERSION}.tgz"
   if [ ! -f "$tgz" ] || ! (sha256sum "$tgz" | grep -q "$ORT_NPM_SHA256"); then
     say "downloading onnxruntime-node@${ORT_NPM_VERSION} from the npm registry (library only)"
+    ensure_npm
     (cd "$CACHE" && npm pack --silent "onnxruntime-node@${ORT_NPM_VERSION}" >/dev/null)
   fi
   verify "$tgz" "$ORT_NPM_SHA256"
@@ -182,25 +206,35 @@ EOF
   say "ONNX Runtime provisioned (library ${ORT_NPM_VERSION}, headers ${ORT_DEB_VERSION})"
 fi
 
+if [ "$SERVE_BUILD" -eq 1 ]; then
+  say "done (--serve-build: the serving side's build dependencies only)"
+  exit 0
+fi
+
 # Node packages, into the git-ignored node_modules/ in one `npm install` (a second --no-save
 # install would remove the first's): playwright-core (drives Debian's chromium in the web page
-# test; its install script is disabled, it would download browsers), and typescript with
+# test; its install script is disabled, it would download browsers), typescript with
 # @grafana/schema (the Grafana dashboard is type-checked against Grafana's published Dashboard
-# type in tests/deploy/dashboard_test.py).
+# type in tests/deploy/dashboard_test.py), and @kubernetes-models/prometheus-operator, whose
+# models carry the JSON schemas of prometheus-operator's CRDs (tests/deploy/k8s_test.py
+# validates the ServiceMonitor against it; Kubernetes' own kinds go to kubernetes-validate).
 PLAYWRIGHT_VERSION=1.65.1
 TYPESCRIPT_VERSION=5.9.3
 GRAFANA_SCHEMA_VERSION=13.2.3
+PROMETHEUS_OPERATOR_MODELS_VERSION=6.0.0
 node_version() { node -p "require('$ROOT/node_modules/$1/package.json').version" 2>/dev/null; }
 if [ "$(node_version playwright-core)" != "$PLAYWRIGHT_VERSION" ] ||
    [ "$(node_version typescript)" != "$TYPESCRIPT_VERSION" ] ||
-   [ "$(node_version @grafana/schema)" != "$GRAFANA_SCHEMA_VERSION" ]; then
+   [ "$(node_version @grafana/schema)" != "$GRAFANA_SCHEMA_VERSION" ] ||
+   [ "$(node_version @kubernetes-models/prometheus-operator)" != "$PROMETHEUS_OPERATOR_MODELS_VERSION" ]; then
   [ "$CHECK_ONLY" -eq 1 ] && { echo "node packages missing in node_modules/"; exit 1; }
-  say "installing playwright-core $PLAYWRIGHT_VERSION, typescript $TYPESCRIPT_VERSION, @grafana/schema $GRAFANA_SCHEMA_VERSION into node_modules/"
+  say "installing playwright-core $PLAYWRIGHT_VERSION, typescript $TYPESCRIPT_VERSION, @grafana/schema $GRAFANA_SCHEMA_VERSION, @kubernetes-models/prometheus-operator $PROMETHEUS_OPERATOR_MODELS_VERSION into node_modules/"
   npm install --prefix "$ROOT" --no-save --no-package-lock --ignore-scripts \
     "playwright-core@$PLAYWRIGHT_VERSION" "typescript@$TYPESCRIPT_VERSION" \
-    "@grafana/schema@$GRAFANA_SCHEMA_VERSION" >/dev/null
+    "@grafana/schema@$GRAFANA_SCHEMA_VERSION" \
+    "@kubernetes-models/prometheus-operator@$PROMETHEUS_OPERATOR_MODELS_VERSION" >/dev/null
 else
-  say "node packages present (playwright-core, typescript, @grafana/schema)"
+  say "node packages present (playwright-core, typescript, @grafana/schema, @kubernetes-models/prometheus-operator)"
 fi
 
 # ---------------------------------------------------------------------------------------------
@@ -224,6 +258,32 @@ else
   "$VENV/bin/pip" install -q --no-input --require-hashes --no-deps -r "$REQ"
   echo "$REQ_SUM" > "$VENV/.requirements.sha256"
   say "Python tools installed into .venv"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 5. kustomize (renders deploy/k8s in tests/deploy/k8s_test.py), built from the Go module proxy
+# with the machine's Go (1.26 here; kustomize v5.8.2 asks for go 1.26.0) into
+# third_party/kustomize/bin (git-ignored). Debian 12's kubernetes-client embeds kustomize v2.0.3,
+# which predates the `patches` field the overlays use.
+# ---------------------------------------------------------------------------------------------
+KUSTOMIZE_VERSION=v5.8.2
+KUSTOMIZE="$ROOT/third_party/kustomize/bin/kustomize"
+GO="$(command -v go || true)"
+[ -z "$GO" ] && [ -x /usr/local/go/bin/go ] && GO=/usr/local/go/bin/go
+if [ -x "$KUSTOMIZE" ] && "$KUSTOMIZE" version 2>/dev/null | grep -q "${KUSTOMIZE_VERSION}"; then
+  say "kustomize ${KUSTOMIZE_VERSION} present in third_party/kustomize"
+else
+  [ "$CHECK_ONLY" -eq 1 ] && { echo "kustomize ${KUSTOMIZE_VERSION} missing in third_party/kustomize"; exit 1; }
+  if [ -z "$GO" ]; then
+    # Debian 12's golang (1.19) is too old for kustomize v5; the k8s rendering test then fails
+    # and says so.
+    say "warning: no Go toolchain (1.26+): kustomize not installed; deploy_k8s will fail"
+  else
+    say "building kustomize ${KUSTOMIZE_VERSION} with $("$GO" version | awk '{print $3}') into third_party/kustomize (a few minutes)"
+    mkdir -p "$ROOT/third_party/kustomize/bin"
+    GOBIN="$ROOT/third_party/kustomize/bin" GOTOOLCHAIN=local GOFLAGS=-mod=mod \
+      "$GO" install "sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION}"
+  fi
 fi
 
 say "done"

@@ -126,13 +126,16 @@ int FreePort() {
 }
 
 ServerProcess::ServerProcess(const std::filesystem::path& repository,
-                             const std::vector<std::string>& extra, bool grpc_port) {
-  port_ = FreePort();
-  metrics_port_ = FreePort();
-  while (metrics_port_ == port_) metrics_port_ = FreePort();
+                             const std::vector<std::string>& extra, const ServerPorts& ports,
+                             bool grpc_port) {
+  port_ = ports.http > 0 ? ports.http : FreePort();
+  metrics_port_ = ports.metrics;
+  while (metrics_port_ <= 0 || metrics_port_ == port_) metrics_port_ = FreePort();
   if (grpc_port) {
-    grpc_port_ = FreePort();
-    while (grpc_port_ == port_ || grpc_port_ == metrics_port_) grpc_port_ = FreePort();
+    grpc_port_ = ports.grpc;
+    while (grpc_port_ <= 0 || grpc_port_ == port_ || grpc_port_ == metrics_port_) {
+      grpc_port_ = FreePort();
+    }
   }
   log_ = std::filesystem::temp_directory_path() /
          ("kiln-serve-" + std::to_string(getpid()) + "-" + std::to_string(port_) + ".log");

@@ -46,13 +46,22 @@ int FreePort();
 // checked too. A sanitizer report in its log fails the test, once the server has exited
 // (Terminate or the destructor); the server may be a sanitized build started by unsanitized
 // tests (KILN_BINARY).
+// The ports of a ServerProcess; 0 = a free one, chosen at start.
+struct ServerPorts {
+  int http = 0, metrics = 0, grpc = 0;
+};
+
 class ServerProcess {
  public:
   ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra)
       : ServerProcess(repository, extra, /*grpc_port=*/true) {}
   // grpc_port false: no --grpc-port of its own (the test passes one in `extra`, or none).
   ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra,
-                bool grpc_port);
+                bool grpc_port)
+      : ServerProcess(repository, extra, ServerPorts{}, grpc_port) {}
+  // On given ports, e.g. those of a server stopped before, to start it again behind a proxy.
+  ServerProcess(const std::filesystem::path& repository, const std::vector<std::string>& extra,
+                const ServerPorts& ports, bool grpc_port = true);
   ~ServerProcess();
   ServerProcess(const ServerProcess&) = delete;
   ServerProcess& operator=(const ServerProcess&) = delete;
@@ -61,6 +70,9 @@ class ServerProcess {
   std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   std::string metrics_url() const { return "http://127.0.0.1:" + std::to_string(metrics_port_); }
   std::string grpc_address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  ServerPorts ports() const { return {port_, metrics_port_, grpc_port_}; }
+  int port() const { return port_; }
+  int grpc_port() const { return grpc_port_; }
   std::string Log() const;  // stderr + stdout so far
   // SIGTERM, then waits; returns the exit code (-1 when killed by a signal or timed out).
   int Terminate(int timeout_s = 60);
