@@ -13,11 +13,10 @@ cmake --preset release
 cmake --build --preset release
 build/release/kiln data verify --data "$DATA"
 build/release/kiln pipeline --data "$DATA" --out runs/pipeline "$@"
-# Then serve the best INT8 model and the FP32 model from a Triton-layout repository (configs are
-# completed from the files): http://127.0.0.1:8000 (web page at /), Ctrl-C to stop.
+# Then write every model that passed its accuracy gate as a Triton model repository (complete
+# configs: Triton loads the same folder) and serve it with auto-completion off:
+# http://127.0.0.1:8000 (web page at /), gRPC on 8001, Ctrl-C to stop.
 REPO=runs/pipeline/model_repository
-for v in int8-static fp32; do
-  mkdir -p "$REPO/kiln-$v/1"
-  cp runs/pipeline/optimized/$v.onnx "$REPO/kiln-$v/1/model.onnx"
-done
-exec build/release/kiln serve --models "$REPO"
+build/release/kiln repo write --manifest runs/pipeline/optimized/manifest.json --out "$REPO" \
+  --data "$DATA" --force
+exec build/release/kiln serve --models "$REPO" --disable-auto-complete-config

@@ -117,19 +117,10 @@ say "training a tiny model (seed-cnn, 1 epoch, 1,000 images) and exporting it"
   --threads 2 --out "$TMP/run" > "$TMP/train.log" 2>&1 || { tail "$TMP/train.log"; fail "kiln train"; }
 "$KILN" export --checkpoint "$TMP/run/best.ckpt" --data "$DATA" --out "$TMP/export" --skip-check \
   > "$TMP/export.log" 2>&1 || { tail "$TMP/export.log"; fail "kiln export"; }
-MODEL=cifar10
 REPO="$TMP/models"
-if "$KILN" repo write --help >/dev/null 2>&1; then
-  "$KILN" repo write --model "$TMP/export/model.onnx" --out "$REPO" > "$TMP/repo.log" 2>&1 \
-    || { cat "$TMP/repo.log"; fail "kiln repo write"; }
-  MODEL="$(ls "$REPO" | head -1)"
-else
-  # Until `kiln repo write` exists: the model file and a config kiln completes at load.
-  mkdir -p "$REPO/$MODEL/1"
-  cp "$TMP/export/model.onnx" "$REPO/$MODEL/1/model.onnx"
-  printf 'max_batch_size: 32\ndynamic_batching { max_queue_delay_microseconds: 1000 }\n' \
-    > "$REPO/$MODEL/config.pbtxt"
-fi
+"$KILN" repo write --model "$TMP/export/model.onnx" --out "$REPO" --data "$DATA" \
+  > "$TMP/repo.log" 2>&1 || { cat "$TMP/repo.log"; fail "kiln repo write"; }
+MODEL="$(ls "$REPO" | head -1)"
 chmod -R a+rX "$TMP"
 "$KILN" data images --data "$DATA" --count 20 --out "$TMP/images" > /dev/null 2>&1 || fail "kiln data images"
 "$KILN" predict --model "$TMP/export/model.onnx" --json -k 1 "$TMP"/images/*.png > "$TMP/predict.json" \
