@@ -5,8 +5,8 @@
 //
 //   repo::WriteOptions o;
 //   o.out = "deploy/models";
-//   KILN_ASSIGN_OR_RETURN(o.models, repo::SourcesFromManifest("runs/x/optimized/manifest.json", ""));
-//   o.warmup_image = image;  // a real sample, preprocessed per model
+//   KILN_ASSIGN_OR_RETURN(o.models, repo::SourcesFromManifest("runs/x/optimized/manifest.json",
+//   "")); o.warmup_image = image;  // a real sample, preprocessed per model
 //   KILN_ASSIGN_OR_RETURN(auto written, repo::WriteRepository(o));
 //   KILN_ASSIGN_OR_RETURN(auto findings, repo::CheckRepository("deploy/models", {}));
 //
@@ -70,9 +70,10 @@ Result<std::vector<WrittenModel>> WriteRepository(const WriteOptions& options);
 
 // The models of a `kiln optimize` manifest: every variant that passed its accuracy gate, named
 // "<prefix>-<variant>" (prefix "" = the manifest's architecture), and the TorchScript exports as
-// "<prefix>-torchscript" (FP32) and "<prefix>-<variant>-torchscript" (e.g. the pruned model). Left out, with the reason in `skipped`: failed variants and fp32-opt
-// (ONNX Runtime's saved optimized graph, tied to the ONNX Runtime version and CPU that wrote
-// it; the same optimizations run when the FP32 model loads).
+// "<prefix>-torchscript" (FP32) and "<prefix>-<variant>-torchscript" (e.g. the pruned model). Left
+// out, with the reason in `skipped`: failed variants and fp32-opt (ONNX Runtime's saved optimized
+// graph, tied to the ONNX Runtime version and CPU that wrote it; the same optimizations run when
+// the FP32 model loads).
 Result<std::vector<ModelSource>> SourcesFromManifest(const std::filesystem::path& manifest,
                                                      const std::string& prefix,
                                                      std::vector<std::string>* skipped = nullptr);
