@@ -89,7 +89,9 @@ def main():
     ap.add_argument("--weights", default="90,10", help="split: weights of versions 1,2")
     ap.add_argument("--keys", type=int, default=200, help="sticky: routing keys")
     ap.add_argument("--repeat", type=int, default=5, help="sticky: requests per key")
-    ap.add_argument("--images", type=int, default=10000, help="shadow: test images")
+    ap.add_argument("--images", type=int, default=0,
+                    help="shadow: test images (default: as many as kiln optimize evaluated, so "
+                         "that the counts compare)")
     ap.add_argument("--clients", type=int, default=4, help="concurrent clients")
     a = ap.parse_args()
 
@@ -97,6 +99,8 @@ def main():
     mdir = os.path.dirname(os.path.abspath(a.manifest))
     variants = {v["name"]: v for v in manifest["variants"]}
     fp32, int8 = variants["fp32"], variants["int8-static"]
+    if a.images <= 0:
+        a.images = int(int8["test_images"])
     tmp = tempfile.mkdtemp(prefix="kiln-rollout-")
     server = None
     try:
