@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Compare two `kiln bench` report.json files cell by cell (variant, engine, threads, batch).
 
-Each report gives, per cell, the median latency and its spread: `ci95_ms`, a 95% confidence
-interval of the median from the rounds' medians (see the report's method). Two runs agree on a
-cell when their intervals overlap. For reports without intervals (one round) the older rule is
-used: |median_a - median_b| <= the larger range of the two runs' round medians (or p90 - median).
-Also printed: how often each run's median lies inside the other run's interval (stricter), and
-the relative differences of the medians. Exits 1 when a cell disagrees.
+Two judgements:
+
+- Ratios (the verdict). Each cell carries `ratio`: its images/s over those of the reference cell
+  (FP32 on ONNX Runtime, same threads and batch) measured in the same rounds, with `ratio.ci95`,
+  the 95% interval of the rounds' ratios. Drift of the whole machine moves a cell and its
+  reference together, so two runs of the same code on the same machine should agree on every
+  ratio: the intervals must overlap (one round each: the ratios must be within the larger
+  spread of the two cells' round medians, relative). Exit code 1 when a ratio disagrees.
+- Absolute medians (informational, unless the reports carry no ratios, as reports from before
+  ratios existed do: then they are the verdict). `ci95_ms` intervals overlap, else, for one
+  round, |median_a - median_b| <= the larger range of the round medians (or p90 - median).
+  Also printed: the drift between the two runs (the reference cells' medians, b over a).
 
   bench/compare_reports.py runs/pipeline/bench/report.json runs/pipeline/bench-repeat/report.json
 """
+import argparse
 import json
 import statistics
 import sys
@@ -44,15 +51,73 @@ def inside(a, b):
             and b["ci95_ms"][0] <= a["median_ms"] <= b["ci95_ms"][1])
 
 
+def is_reference(cell):
+    return f'{cell["variant"]} / {cell["engine"]}' == cell["ratio"]["reference"]
+
+
+def ratio_agree(a, b):
+    ra, rb = a["ratio"], b["ratio"]
+    if "ci95" in ra and "ci95" in rb:
+        (la, ha), (lb, hb) = ra["ci95"], rb["ci95"]
+        return la <= hb and lb <= ha
+    # One round: the ratio's relative error is at most about the two cells' relative spreads.
+    tolerance = max(spread_of(a) / a["median_ms"], spread_of(b) / b["median_ms"])
+    return abs(ra["median"] - rb["median"]) <= tolerance * max(ra["median"], rb["median"])
+
+
+def pct(values, q):
+    return sorted(values)[int(q * (len(values) - 1))]
+
+
 def main():
-    if len(sys.argv) != 3:
-        print(__doc__)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__.split("\n\n", 1)[1])
+    ap.add_argument("a", help="first report.json")
+    ap.add_argument("b", help="second report.json")
+    args = ap.parse_args()
+    try:
+        a, b = (cells(json.load(open(p))) for p in (args.a, args.b))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"cannot read the reports: {e}", file=sys.stderr)
         return 2
-    a, b = (cells(json.load(open(p))) for p in sys.argv[1:3])
     common = sorted(set(a) & set(b))
     if not common:
         print("no cells in common")
         return 1
+    n = len(common)
+    print(f"{n} cells in both reports")
+
+    # Ratios: the verdict.
+    rated = [k for k in common
+             if "ratio" in a[k] and "ratio" in b[k] and not is_reference(a[k])]
+    ratio_bad, ratio_rel = [], []
+    for k in rated:
+        ra, rb = a[k]["ratio"]["median"], b[k]["ratio"]["median"]
+        ratio_rel.append(abs(ra - rb) / max(ra, rb))
+        if not ratio_agree(a[k], b[k]):
+            ratio_bad.append(k)
+    if rated:
+        m = len(rated)
+        print(f"ratios to the reference agree: {m - len(ratio_bad)}/{m} "
+              f"({100.0 * (m - len(ratio_bad)) / m:.1f}%); relative difference of the ratios: "
+              f"median {100 * statistics.median(ratio_rel):.2f}%, p90 {100 * pct(ratio_rel, 0.9):.2f}%, "
+              f"max {100 * max(ratio_rel):.2f}%")
+        for k in ratio_bad:
+            x, y = a[k]["ratio"], b[k]["ratio"]
+            print(f"  ratio disagrees: {k}: {x['median']:.3f} {x.get('ci95', '')} vs "
+                  f"{y['median']:.3f} {y.get('ci95', '')}")
+    else:
+        print("no ratios in these reports (made before kiln bench measured them): "
+              "the absolute medians are the verdict")
+
+    # Absolute medians and the drift between the runs.
+    drift = [b[k]["median_ms"] / a[k]["median_ms"] - 1 for k in common
+             if "ratio" in a[k] and is_reference(a[k])]
+    if drift:
+        print(f"drift between the runs (reference cells, latency of b over a): median "
+              f"{100 * statistics.median(drift):+.1f}%, from {100 * min(drift):+.1f}% to "
+              f"{100 * max(drift):+.1f}%")
     rel, bad, strict = [], [], 0
     for k in common:
         ma, mb = a[k]["median_ms"], b[k]["median_ms"]
@@ -60,16 +125,16 @@ def main():
         strict += inside(a[k], b[k])
         if not agree(a[k], b[k]):
             bad.append((k, a[k], b[k]))
-    n = len(common)
-    print(f"{n} cells in both reports")
-    print(f"reported spreads (95% CIs of the median) overlap: {n - len(bad)}/{n} "
+    print(f"absolute medians: reported spreads (95% CIs of the median) overlap: {n - len(bad)}/{n} "
           f"({100.0 * (n - len(bad)) / n:.1f}%)")
     print(f"each median inside the other run's interval: {strict}/{n} ({100.0 * strict / n:.1f}%)")
     print(f"relative difference of medians: median {100 * statistics.median(rel):.2f}%, "
-          f"p90 {100 * sorted(rel)[int(0.9 * (len(rel) - 1))]:.2f}%, max {100 * max(rel):.2f}%")
+          f"p90 {100 * pct(rel, 0.9):.2f}%, max {100 * max(rel):.2f}%")
     for k, x, y in bad:
-        print(f"  disagree: {k}: {x['median_ms']:.3f} ms {x.get('ci95_ms', '')} vs "
+        print(f"  absolute disagrees: {k}: {x['median_ms']:.3f} ms {x.get('ci95_ms', '')} vs "
               f"{y['median_ms']:.3f} ms {y.get('ci95_ms', '')}")
+    if rated:
+        return 1 if ratio_bad else 0
     return 1 if bad else 0
 
 

@@ -63,8 +63,8 @@ json MachineInfo() {
     if (key == "flags" && flags.empty()) flags = " " + value + " ";
   }
   json f = json::array();
-  for (const char* want : {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8",
-                           "amx_bf16"}) {
+  for (const char* want :
+       {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}) {
     if (flags.find(std::string(" ") + want + " ") != std::string::npos) f.push_back(want);
   }
   m["flags"] = f;
@@ -161,9 +161,8 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
     unavailable["reason"] = "the FP32 variant has no TorchScript file to load in Python";
     return unavailable;
   }
-  const fs::path script = o.peers_script.empty()
-                              ? fs::path(KILN_SOURCE_DIR) / "bench" / "peers.py"
-                              : o.peers_script;
+  const fs::path script =
+      o.peers_script.empty() ? fs::path(KILN_SOURCE_DIR) / "bench" / "peers.py" : o.peers_script;
   if (!fs::exists(script)) {
     unavailable["reason"] = "peer script " + script.string() + " not found";
     return unavailable;
@@ -178,21 +177,44 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
     return ss.str();
   };
   const std::vector<std::string> argv = {
-      o.python, script.string(), "--torchscript",
-      (manifest_dir / fp32["torchscript_file"].get<std::string>()).string(), "--inputs",
-      inputs.string(), "--images", std::to_string(images), "--shape",
-      text(shape[1]) + "," + text(shape[2]) + "," + text(shape[3]), "--batch-sizes",
-      Join(o.batch_sizes), "--threads", Join(threads), "--warmup-runs", text(o.warmup_runs),
-      "--warmup-seconds", text(o.warmup_seconds), "--min-runs", text(o.min_runs),
-      "--min-seconds", text(o.min_seconds), "--max-seconds", text(o.max_seconds),
-      "--stable-tolerance", text(o.stable_tolerance), "--rounds", "1", "--output", out.string(),
-      "--variant", fp32.value("name", "fp32")};
+      o.python,
+      script.string(),
+      "--torchscript",
+      (manifest_dir / fp32["torchscript_file"].get<std::string>()).string(),
+      "--inputs",
+      inputs.string(),
+      "--images",
+      std::to_string(images),
+      "--shape",
+      text(shape[1]) + "," + text(shape[2]) + "," + text(shape[3]),
+      "--batch-sizes",
+      Join(o.batch_sizes),
+      "--threads",
+      Join(threads),
+      "--warmup-runs",
+      text(o.warmup_runs),
+      "--warmup-seconds",
+      text(o.warmup_seconds),
+      "--min-runs",
+      text(o.min_runs),
+      "--min-seconds",
+      text(o.min_seconds),
+      "--max-seconds",
+      text(o.max_seconds),
+      "--stable-tolerance",
+      text(o.stable_tolerance),
+      "--rounds",
+      "1",
+      "--output",
+      out.string(),
+      "--variant",
+      fp32.value("name", "fp32")};
   if (progress) *progress << "[bench] peers: " << CommandLineForDisplay(argv) << "\n" << std::flush;
   // The script's chatter goes to stderr: stdout may carry Kiln's own report.
   const Result<int> rc = RunProcess(argv, {.stdout_to_stderr = true});
   if (!rc.ok()) {
-    unavailable["reason"] = rc.status().message() + "; is python3-torch installed for " +
-                            o.python + "?";
+    unavailable["reason"] =
+        rc.status().message() + "; is python3-torch installed for " + o.python + "?";
     return unavailable;
   }
   if (!fs::exists(out)) {
@@ -215,6 +237,37 @@ void AddConfidenceIntervals(json* results) {
     if (!cell.contains("round_medians_ms")) continue;
     auto ci = MeanConfidenceInterval(cell["round_medians_ms"].get<std::vector<double>>(), 0.95);
     if (ci) cell["ci95_ms"] = {ci->first, ci->second};
+  }
+}
+
+void AddRatios(const json& reference_cells, const std::string& reference_variant, json* cells) {
+  for (json& cell : *cells) {
+    if (!cell.contains("round_medians_ms")) continue;
+    const std::string engine = cell["threads"].is_string() ? "onnxruntime-default" : "onnxruntime";
+    const json* ref = nullptr;
+    for (const json& r : reference_cells) {
+      if (r.value("variant", "") == reference_variant && r.value("engine", "") == engine &&
+          r["threads"] == cell["threads"] && r["batch"] == cell["batch"] &&
+          r.contains("round_medians_ms")) {
+        ref = &r;
+      }
+    }
+    if (!ref) continue;
+    const auto mine = cell["round_medians_ms"].get<std::vector<double>>();
+    const auto theirs = (*ref)["round_medians_ms"].get<std::vector<double>>();
+    if (mine.empty() || mine.size() != theirs.size()) continue;
+    std::vector<double> ratios;
+    for (size_t i = 0; i < mine.size(); ++i) {
+      if (mine[i] > 0) ratios.push_back(theirs[i] / mine[i]);
+    }
+    if (ratios.size() != mine.size()) continue;
+    json ratio = {{"reference", reference_variant + " / " + engine},
+                  {"rounds", ratios},
+                  {"median", Quantile(ratios, 0.50)},
+                  {"min", *std::min_element(ratios.begin(), ratios.end())},
+                  {"max", *std::max_element(ratios.begin(), ratios.end())}};
+    if (auto ci = MeanConfidenceInterval(ratios, 0.95)) ratio["ci95"] = {ci->first, ci->second};
+    cell["ratio"] = ratio;
   }
 }
 
@@ -420,8 +473,8 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         jobs.push_back({v, "onnxruntime", "onnxruntime", onnx, false, t});
       }
       if (wants("libtorch") && v.contains("torchscript_file")) {
-        jobs.push_back({v, "libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>(),
-                        false, t});
+        jobs.push_back(
+            {v, "libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>(), false, t});
       }
     }
     // ONNX Runtime's defaults choose their own thread count: measured once.
@@ -580,6 +633,11 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
   }
   if (!peers.value("available", false)) say("peers unavailable: " + peers.value("reason", "?"));
   if (peers.contains("results")) AddConfidenceIntervals(&peers["results"]);
+  // Ratios to FP32 on ONNX Runtime (the first variant when there is no "fp32"), cell by cell.
+  const std::string reference_variant =
+      fp32_entry.is_object() ? fp32_entry.value("name", "") : variants.front().value("name", "");
+  if (peers.contains("results")) AddRatios(results, reference_variant, &peers["results"]);
+  AddRatios(json(results), reference_variant, &results);
 
   std::time_t now = std::time(nullptr);
   char date[32];
@@ -622,6 +680,14 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
          "(mean +- t(0.975, rounds-1) x sd / sqrt(rounds)); it widens with drift between rounds. "
          "Two runs of this benchmark agree on a cell when their intervals overlap "
          "(bench/compare_reports.py checks two report.json files)"},
+        {"ratio",
+         "each cell's speed against the reference cell (the FP32 variant on ONNX Runtime at the "
+         "same threads and batch) measured in the same rounds: per round, the reference's median "
+         "latency over the cell's (images/s over the reference's images/s); the report gives the "
+         "median of the rounds' ratios with their min-max, and ratio.ci95 the 95% interval of "
+         "their mean like ci95_ms. Drift of the whole machine between rounds and between runs "
+         "moves both cells of a ratio, so ratios hold from one run to the next where absolute "
+         "images/s do not (bench/compare_reports.py judges both)"},
         {"peers",
          "bench/peers.py (PyTorch eager and TorchScript in Python) runs in a fresh Python process "
          "once per round, right after Kiln's pass of that round, with the same warm-up and "

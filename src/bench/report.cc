@@ -7,6 +7,7 @@
 
 #include "kiln/bench/bench.h"
 #include "kiln/core/file.h"
+#include "kiln/core/statistics.h"
 #include "kiln/plot/chart.h"
 
 namespace kiln::bench {
@@ -31,8 +32,10 @@ std::vector<Series> Group(const json& results, const json& threads) {
   for (const json& r : results) {
     const bool defaults = r["threads"].is_string();
     if (!defaults && r["threads"] != threads) continue;
-    const std::string label = r["variant"].get<std::string>() + " / " + r["engine"].get<std::string>();
-    auto it = std::find_if(out.begin(), out.end(), [&](const Series& s) { return s.label == label; });
+    const std::string label =
+        r["variant"].get<std::string>() + " / " + r["engine"].get<std::string>();
+    auto it =
+        std::find_if(out.begin(), out.end(), [&](const Series& s) { return s.label == label; });
     if (it == out.end()) {
       out.push_back({label, r["variant"], r["engine"], {}});
       it = out.end() - 1;
@@ -45,7 +48,8 @@ std::vector<Series> Group(const json& results, const json& threads) {
 const json* Best(const Series& s) {
   const json* best = nullptr;
   for (const auto& [b, r] : s.by_batch) {
-    if (!best || r["images_per_second"].get<double>() > (*best)["images_per_second"].get<double>()) best = &r;
+    if (!best || r["images_per_second"].get<double>() > (*best)["images_per_second"].get<double>())
+      best = &r;
   }
   return best;
 }
@@ -53,7 +57,8 @@ const json* Best(const Series& s) {
 // ---- plots (kiln/plot/chart.h) ----------------------------------------------------------------
 constexpr plot::Box kPlotArea{80, 56, 720, 414};  // in a 1100 x 520 canvas; legend to the right
 
-Status PlotThroughput(const std::vector<Series>& series, const fs::path& file, const std::string& threads) {
+Status PlotThroughput(const std::vector<Series>& series, const fs::path& file,
+                      const std::string& threads) {
   double ymax = 1, xmin = 1e9, xmax = 1;
   for (const Series& s : series) {
     for (const auto& [b, r] : s.by_batch) {
@@ -90,7 +95,8 @@ Status PlotThroughput(const std::vector<Series>& series, const fs::path& file, c
 
 // Horizontal boxes, one row per series: a whisker from min to max, a box from p50 to p90, ticks
 // at min, p99 and max.
-Status PlotLatency(const std::vector<Series>& series, const fs::path& file, const std::string& threads) {
+Status PlotLatency(const std::vector<Series>& series, const fs::path& file,
+                   const std::string& threads) {
   std::vector<const Series*> rows;
   double xmax = 0;
   for (const Series& s : series) {
@@ -117,7 +123,8 @@ Status PlotLatency(const std::vector<Series>& series, const fs::path& file, cons
     const plot::Rgb c = plot::PaletteColor(i);
     canvas.Line(X(r["min_ms"]), y, X(r["max_ms"]), y, c);
     canvas.Rectangle({X(r["median_ms"]), y - 8, X(r["p90_ms"]) - X(r["median_ms"]), 16}, c, true);
-    for (const char* k : {"min_ms", "p99_ms", "max_ms"}) canvas.Line(X(r[k]), y - 8, X(r[k]), y + 8, c, 2);
+    for (const char* k : {"min_ms", "p99_ms", "max_ms"})
+      canvas.Line(X(r[k]), y - 8, X(r[k]), y + 8, c, 2);
   }
   return canvas.SavePng(file);
 }
@@ -189,6 +196,59 @@ std::string Interval(const json& r) {
   return Format("%.3f", r["ci95_ms"][0]) + "-" + Format("%.3f", r["ci95_ms"][1]);
 }
 
+// "1.613 (1.601-1.620)": the median of the rounds' ratios to the reference and their min-max;
+// "-" without a ratio.
+std::string Ratio(const json& r) {
+  if (!r.contains("ratio")) return "-";
+  const json& x = r["ratio"];
+  if (x["rounds"].size() < 2) return Format("%.3f", x["median"]);
+  return Format("%.3f", x["median"]) + " (" + Format("%.3f", x["min"]) + "-" +
+         Format("%.3f", x["max"]) + ")";
+}
+
+// How far this run's rounds moved: the reference cells' absolute medians against the ratios.
+std::string DriftText(const json& results, const json& peers) {
+  std::vector<double> absolute, relative;
+  auto range = [](const std::vector<double>& v) {
+    return *std::max_element(v.begin(), v.end()) / *std::min_element(v.begin(), v.end()) - 1;
+  };
+  auto scan = [&](const json& list) {
+    for (const json& r : list) {
+      if (!r.contains("ratio") || r["ratio"]["rounds"].size() < 2) continue;
+      const auto ratios = r["ratio"]["rounds"].get<std::vector<double>>();
+      const bool reference =
+          r["variant"].get<std::string>() + " / " + r["engine"].get<std::string>() ==
+          r["ratio"].value("reference", "");
+      if (reference) {
+        absolute.push_back(range(r["round_medians_ms"].get<std::vector<double>>()));
+      } else {
+        relative.push_back(range(ratios));
+      }
+    }
+  };
+  scan(results);
+  if (peers.value("available", false) && peers.contains("results")) scan(peers["results"]);
+  if (absolute.empty()) {
+    return "One round (or no reference cell): no drift between rounds to show. Absolute "
+           "images/s from two runs differ by as much as the machine drifts between them; compare "
+           "runs with `bench/compare_reports.py a/report.json b/report.json`, which judges ratios "
+           "and absolute medians and prints the drift it sees between the two runs.";
+  }
+  return "Within this run the reference cells' medians moved by a median of " +
+         Format("%.1f%%", 100 * Quantile(absolute, 0.5)) + " (up to " +
+         Format("%.1f%%", 100 * *std::max_element(absolute.begin(), absolute.end())) +
+         ") between their fastest and slowest round, the other cells' ratios by a median of " +
+         (relative.empty()
+              ? std::string("-")
+              : Format("%.1f%%", 100 * Quantile(relative, 0.5)) + " (up to " +
+                    Format("%.1f%%", 100 * *std::max_element(relative.begin(), relative.end())) +
+                    ")") +
+         ". Between runs the whole machine drifts more than within one (docs/decisions.md, "
+         "Benchmarking, has the runs measured so far). Compare runs with `bench/compare_reports.py "
+         "a/report.json b/report.json`: it judges ratios and absolute medians and prints the drift "
+         "between the two runs.";
+}
+
 }  // namespace
 
 Status WriteReport(const json& report, const fs::path& out_dir) {
@@ -196,7 +256,8 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     const json& results = report.at("results");
     json ref_threads = 1;
     for (const json& r : results) {
-      if (r["threads"].is_number() && r["threads"].get<int>() > ref_threads.get<int>()) ref_threads = r["threads"];
+      if (r["threads"].is_number() && r["threads"].get<int>() > ref_threads.get<int>())
+        ref_threads = r["threads"];
     }
     const std::string t = std::to_string(ref_threads.get<int>());
     std::vector<Series> series = Group(results, ref_threads);
@@ -228,25 +289,36 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     for (const Series& s : series) {
       if (!base && s.variant == "fp32" && s.engine == "onnxruntime") base = &s;
     }
-    const double base_ips = base && Best(*base) ? (*Best(base ? *base : series[0]))["images_per_second"].get<double>() : 0;
-    const int64_t fp32_size = variants.count("fp32") ? variants["fp32"].value("size_bytes", int64_t{0}) : 0;
+    const double base_ips =
+        base && Best(*base) ? (*Best(base ? *base : series[0]))["images_per_second"].get<double>()
+                            : 0;
+    const int64_t fp32_size =
+        variants.count("fp32") ? variants["fp32"].value("size_bytes", int64_t{0}) : 0;
 
+    std::string ref_label;
+    for (const json& r : results) {
+      if (r.contains("ratio")) ref_label = r["ratio"].value("reference", "");
+    }
     std::ostringstream md;
     const json& m = report.at("machine");
     md << "# Kiln benchmark report\n\n"
-       << "Generated by `kiln bench` on " << report.value("created", "") << " — every number below was "
+       << "Generated by `kiln bench` on " << report.value("created", "")
+       << " — every number below was "
        << "measured in this one run, on this machine; nothing is copied from elsewhere.\n\n"
        << "- Command: `" << report.value("command", "") << "`\n"
-       << "- Machine: " << m.value("cpu", "?") << ", " << m.value("logical_cpus", 0) << " logical CPUs, "
-       << Format("%.1f", m.value("memory_bytes", int64_t{0}) / 1073741824.0) << " GiB, flags: "
-       << m.value("flags", json::array()).dump() << ", " << m.value("kernel", "") << "\n"
+       << "- Machine: " << m.value("cpu", "?") << ", " << m.value("logical_cpus", 0)
+       << " logical CPUs, " << Format("%.1f", m.value("memory_bytes", int64_t{0}) / 1073741824.0)
+       << " GiB, flags: " << m.value("flags", json::array()).dump() << ", " << m.value("kernel", "")
+       << "\n"
        << "- Versions: Kiln " << report["versions"].value("kiln", "") << ", ONNX Runtime "
-       << report["versions"].value("onnxruntime", "") << ", " << report["versions"].value("libtorch", "")
-       << ", Python torch " << report["versions"].value("python_torch", "") << "\n"
-       << "- Model: " << report["model"].value("arch", "?") << " (manifest `" << report.value("manifest", "")
-       << "`)\n\n";
+       << report["versions"].value("onnxruntime", "") << ", "
+       << report["versions"].value("libtorch", "") << ", Python torch "
+       << report["versions"].value("python_torch", "") << "\n"
+       << "- Model: " << report["model"].value("arch", "?") << " (manifest `"
+       << report.value("manifest", "") << "`)\n\n";
 
-    md << "## Roof (measured at the start of the run)\n\n| threads | FP32 FMA GFLOP/s | INT8 dot GOP/s |\n|---|---|---|\n";
+    md << "## Roof (measured at the start of the run)\n\n| threads | FP32 FMA GFLOP/s | INT8 dot "
+          "GOP/s |\n|---|---|---|\n";
     for (const json& p : report["roof"]["points"]) {
       md << "| " << p["threads"] << " | " << Format("%.1f", p["fp32_gflops"]) << " | "
          << Format("%.1f", p["int8_gops"]) << " |\n";
@@ -254,24 +326,32 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     md << "\nISA: " << report["roof"].value("isa", "?") << ".\n\n";
 
     md << "## Summary (" << t << " threads)\n\n"
+       << "**× reference**: images/s over those of "
+       << (ref_label.empty() ? std::string("the reference") : "**" + ref_label + "**")
+       << " at the same threads and batch, measured in the same rounds (median of the rounds' "
+          "ratios, their min-max in brackets); ratios hold from one run to the next where absolute "
+          "images/s drift with the machine (see Drift below), so compare runs on them. "
        << "Latency: median at batch 1. Images/s: the best batch size. Speedup: images/s over "
        << (base ? base->label : std::string("(no baseline)"))
        << ". Compression: FP32 file size over this "
        << "file's size. Accuracy: all 10,000 test images (from `kiln optimize`; \"not measured\" "
           "when "
        << "model files were given instead of a manifest).\n\n"
-       << "| variant / engine | size (MB) | compression | test accuracy | Δ points | latency b=1 "
-          "(ms) | images/s | at batch | speedup |\n"
-       << "|---|---|---|---|---|---|---|---|---|\n";
+       << "| variant / engine | × reference, batch 1 | × reference, best batch | images/s | at "
+          "batch "
+          "| latency b=1 (ms) | test accuracy | Δ points | size (MB) | compression | speedup |\n"
+       << "|---|---|---|---|---|---|---|---|---|---|---|\n";
     std::vector<Point> points;
     for (const Series& s : series) {
       const json* best = Best(s);
       if (!best) continue;
       auto it = variants.find(s.variant);
-      const int64_t size = it != variants.end() ? it->second.value("size_bytes", int64_t{0}) : fp32_size;
+      const int64_t size =
+          it != variants.end() ? it->second.value("size_bytes", int64_t{0}) : fp32_size;
       const double ips = (*best)["images_per_second"].get<double>();
-      md << "| " << s.label << " | " << Format("%.2f", size / 1e6) << " | "
-         << (size > 0 && fp32_size > 0 ? Format("%.2fx", static_cast<double>(fp32_size) / size) : "-")
+      md << "| " << s.label << " | " << (s.by_batch.count(1) ? Ratio(s.by_batch.at(1)) : "-")
+         << " | " << Ratio(*best) << " | " << Format("%.0f", ips) << " | " << (*best)["batch"]
+         << " | " << (s.by_batch.count(1) ? Format("%.3f", s.by_batch.at(1)["median_ms"]) : "-")
          << " | "
          << (accuracy_of(s.variant) >= 0 ? Format("%.2f%%", 100 * accuracy_of(s.variant))
                                          : "not measured")
@@ -279,17 +359,21 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
          << (variants.count(s.variant) && variants[s.variant].contains("accuracy_delta_points")
                  ? Format("%+.2f", delta_of(s.variant))
                  : "-")
-         << " | " << (s.by_batch.count(1) ? Format("%.3f", s.by_batch.at(1)["median_ms"]) : "-")
-         << " | " << Format("%.0f", ips) << " | " << (*best)["batch"] << " | "
-         << (base_ips > 0 ? Format("%.2fx", ips / base_ips) : "-") << " |\n";
+         << " | " << Format("%.2f", size / 1e6) << " | "
+         << (size > 0 && fp32_size > 0 ? Format("%.2fx", static_cast<double>(fp32_size) / size)
+                                       : "-")
+         << " | " << (base_ips > 0 ? Format("%.2fx", ips / base_ips) : "-") << " |\n";
       if (accuracy_of(s.variant) >= 0) points.push_back({s.label, ips, accuracy_of(s.variant)});
     }
     if (!peers.value("available", false)) {
       md << "\nPeers (PyTorch in Python) were not measured: " << peers.value("reason", "?") << "\n";
     } else if (peers.contains("top1_agreement_with_onnxruntime")) {
-      md << "\nThe Python peers ran the same weights on the same inputs: top-1 agreement with ONNX Runtime "
+      md << "\nThe Python peers ran the same weights on the same inputs: top-1 agreement with ONNX "
+            "Runtime "
          << Format("%.2f%%", 100 * peers["top1_agreement_with_onnxruntime"].get<double>()) << ".\n";
     }
+
+    md << "\n## Drift\n\n" << DriftText(results, peers) << "\n";
 
     md << "\n## Conclusions (computed from the table above)\n\n";
     for (double budget : {0.0, 0.5, 1.0}) {
@@ -307,9 +391,11 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
         }
       }
       if (best) {
-        md << "- Fastest within " << Format("%.1f", budget) << " points of FP32 accuracy: **" << best->label
-           << "**, " << Format("%.0f", best_ips) << " images/s"
-           << (base_ips > 0 ? " (" + Format("%.2fx", best_ips / base_ips) + " the baseline)" : std::string()) << ".\n";
+        md << "- Fastest within " << Format("%.1f", budget) << " points of FP32 accuracy: **"
+           << best->label << "**, " << Format("%.0f", best_ips) << " images/s"
+           << (base_ips > 0 ? " (" + Format("%.2fx", best_ips / base_ips) + " the baseline)"
+                            : std::string())
+           << ".\n";
       }
     }
     for (const Series& s : series) {
@@ -317,29 +403,41 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
       if (!best) continue;
       int64_t knee = 0;
       for (const auto& [b, r] : s.by_batch) {
-        if (r["images_per_second"].get<double>() >= 0.9 * (*best)["images_per_second"].get<double>()) {
+        if (r["images_per_second"].get<double>() >=
+            0.9 * (*best)["images_per_second"].get<double>()) {
           knee = b;
           break;
         }
       }
       md << "- " << s.label << ": lowest latency at batch " << s.by_batch.begin()->first << " ("
-         << Format("%.3f ms", s.by_batch.begin()->second["median_ms"]) << "), most images/s at batch "
-         << (*best)["batch"] << "; batch " << knee << " already reaches 90% of that.\n";
+         << Format("%.3f ms", s.by_batch.begin()->second["median_ms"])
+         << "), most images/s at batch " << (*best)["batch"] << "; batch " << knee
+         << " already reaches 90% of that.\n";
     }
 
-    md << "\n## Full matrix\n\n| variant | engine | threads | batch | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | images/s | runs | stable | peak RSS MB | roof |\n"
-       << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    md << "\n## Full matrix\n\n| variant | engine | threads | batch | × reference (rounds' "
+          "min-max) | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | "
+          "images/s | runs | stable | peak RSS MB | roof |\n"
+       << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     auto rows = [&](const json& list) {
       for (const json& r : list) {
-        md << "| " << r["variant"].get<std::string>() << " | " << r["engine"].get<std::string>() << " | "
-           << (r["threads"].is_string() ? r["threads"].get<std::string>() : std::to_string(r["threads"].get<int>()))
-           << " | " << r["batch"] << " | " << Format("%.3f", r["median_ms"]) << " | " << Interval(r) << " | " << Format("%.3f", r["p90_ms"])
-           << " | " << Format("%.3f", r["p99_ms"]) << " | " << Format("%.3f", r["min_ms"]) << " | "
+        md << "| " << r["variant"].get<std::string>() << " | " << r["engine"].get<std::string>()
+           << " | "
+           << (r["threads"].is_string() ? r["threads"].get<std::string>()
+                                        : std::to_string(r["threads"].get<int>()))
+           << " | " << r["batch"] << " | " << Ratio(r) << " | " << Format("%.3f", r["median_ms"])
+           << " | " << Interval(r) << " | " << Format("%.3f", r["p90_ms"]) << " | "
+           << Format("%.3f", r["p99_ms"]) << " | " << Format("%.3f", r["min_ms"]) << " | "
            << Format("%.3f", r["max_ms"]) << " | " << RoundRange(r) << " | "
-           << Format("%.0f", r["images_per_second"]) << " | " << r["runs"]
-           << " | " << (r.value("stable", false) ? "yes" : "no") << " | "
-           << (r.contains("peak_rss_bytes") ? Format("%.0f", r["peak_rss_bytes"].get<double>() / 1e6) : "-") << " | "
-           << (r.contains("roof_fraction") ? Format("%.1f%%", 100 * r["roof_fraction"].get<double>()) : "-")
+           << Format("%.0f", r["images_per_second"]) << " | " << r["runs"] << " | "
+           << (r.value("stable", false) ? "yes" : "no") << " | "
+           << (r.contains("peak_rss_bytes")
+                   ? Format("%.0f", r["peak_rss_bytes"].get<double>() / 1e6)
+                   : "-")
+           << " | "
+           << (r.contains("roof_fraction")
+                   ? Format("%.1f%%", 100 * r["roof_fraction"].get<double>())
+                   : "-")
            << " |\n";
       }
     };
@@ -348,8 +446,11 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
 
     const json& method = report.at("method");
     md << "\n## Method\n\n";
-    for (const auto& [k, v] : method.items()) md << "- " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
-    md << "\n## Plots\n\n![throughput](throughput.png)\n\n![latency](latency_batch1.png)\n\n![pareto](pareto.png)\n";
+    for (const auto& [k, v] : method.items())
+      md << "- " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
+    md << "\n## "
+          "Plots\n\n![throughput](throughput.png)\n\n![latency](latency_batch1.png)\n\n![pareto]("
+          "pareto.png)\n";
 
     KILN_RETURN_IF_ERROR(PlotThroughput(series, out_dir / "throughput.png", t));
     KILN_RETURN_IF_ERROR(PlotLatency(series, out_dir / "latency_batch1.png", t));

@@ -3,9 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
-#include <set>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
+#include <set>
 
 #include "../test_util.h"
 
@@ -53,10 +53,11 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("best model within 0.5 points"), std::string::npos) << r.output;
   // Every stage's output.
-  for (const fs::path& f : {out / "train" / "best.ckpt", out / "train" / "summary.json",
-                           out / "train" / "export" / "model.onnx", out / "train" / "export" / "model.pt",
-                           out / "optimized" / "manifest.json", out / "optimized" / "int8-static.onnx",
-                           out / "bench" / "report.json", out / "bench" / "REPORT.md"}) {
+  for (const fs::path& f :
+       {out / "train" / "best.ckpt", out / "train" / "summary.json",
+        out / "train" / "export" / "model.onnx", out / "train" / "export" / "model.pt",
+        out / "optimized" / "manifest.json", out / "optimized" / "int8-static.onnx",
+        out / "bench" / "report.json", out / "bench" / "REPORT.md"}) {
     EXPECT_TRUE(fs::exists(f)) << f;
   }
   for (const char* png : {"throughput.png", "latency_batch1.png", "pareto.png"}) {
@@ -71,15 +72,16 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   EXPECT_GT(report["roof"]["points"][0]["fp32_gflops"].get<double>(), 0.0);
   std::set<std::string> variants;
   for (const json& v : report["variants"]) variants.insert(v["name"]);
-  for (const char* v : {"fp32", "fp32-opt", "int8-static", "int8-dynamic", "pruned-30", "pruned-30-int8"}) {
+  for (const char* v :
+       {"fp32", "fp32-opt", "int8-static", "int8-dynamic", "pruned-30", "pruned-30-int8"}) {
     EXPECT_TRUE(variants.count(v)) << v;
   }
   std::set<std::string> engines;
   for (const json& cell : report["results"]) {
     ExpectConsistentCell(cell);
     engines.insert(cell["engine"]);
-    for (const char* k : {"variant", "engine", "threads", "batch", "peak_rss_bytes", "roof_fraction",
-                          "achieved_gflops", "stable"}) {
+    for (const char* k : {"variant", "engine", "threads", "batch", "peak_rss_bytes",
+                          "roof_fraction", "achieved_gflops", "stable"}) {
       EXPECT_TRUE(cell.contains(k)) << k;
     }
     EXPECT_GT(cell["peak_rss_bytes"].get<int64_t>(), 0);
@@ -87,13 +89,30 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   EXPECT_TRUE(engines.count("onnxruntime"));
   EXPECT_TRUE(engines.count("libtorch"));
   EXPECT_TRUE(engines.count("onnxruntime-default"));
+  // Every cell's speed against FP32 on ONNX Runtime at its threads and batch, same round.
+  for (const json& cell : report["results"]) {
+    ASSERT_TRUE(cell.contains("ratio")) << cell.dump();
+    const bool defaults = cell["threads"].is_string();
+    EXPECT_EQ(cell["ratio"]["reference"],
+              defaults ? "fp32 / onnxruntime-default" : "fp32 / onnxruntime");
+    for (const json& ref : report["results"]) {
+      if (ref["variant"] == "fp32" && ref["threads"] == cell["threads"] &&
+          ref["batch"] == cell["batch"] &&
+          ref["engine"] == (defaults ? "onnxruntime-default" : "onnxruntime")) {
+        EXPECT_DOUBLE_EQ(
+            cell["ratio"]["median"].get<double>(),
+            ref["round_medians_ms"][0].get<double>() / cell["round_medians_ms"][0].get<double>());
+      }
+    }
+  }
   if (report["peers"].value("available", false)) {
     for (const json& cell : report["peers"]["results"]) ExpectConsistentCell(cell);
     EXPECT_GE(report["peers"]["top1_agreement_with_onnxruntime"].get<double>(), 0.99);
   }
   std::ifstream md_in(out / "bench" / "REPORT.md");
   const std::string md((std::istreambuf_iterator<char>(md_in)), std::istreambuf_iterator<char>());
-  for (const char* section : {"## Roof", "## Summary", "## Conclusions", "## Full matrix", "## Method"}) {
+  for (const char* section : {"## Roof", "## Summary", "## Drift", "## Conclusions",
+                              "## Full matrix", "## Method", "× reference"}) {
     EXPECT_NE(md.find(section), std::string::npos) << section;
   }
 
@@ -156,8 +175,9 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   std::ofstream(fake) << "#!/bin/sh\nexec /usr/bin/python3 -S \"$@\"\n";
   fs::permissions(fake, fs::perms::owner_all);
   const fs::path again = dir.path() / "bench2";
-  r = testing::RunKiln("bench --quick --variants fp32 --engines onnxruntime --python '" + fake.string() +
-                       "' --manifest '" + (out / "optimized" / "manifest.json").string() + "' --output '" +
+  r = testing::RunKiln("bench --quick --variants fp32 --engines onnxruntime --python '" +
+                       fake.string() + "' --manifest '" +
+                       (out / "optimized" / "manifest.json").string() + "' --output '" +
                        again.string() + "'" + data);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json degraded = ReadJson(again / "report.json");

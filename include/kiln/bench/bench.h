@@ -42,18 +42,18 @@ struct BenchOptions {
   // file is called "model"). Normalization comes from the files' Kiln metadata; accuracy and
   // FLOPs are unknown (a manifest from kiln optimize has them).
   std::vector<std::filesystem::path> models;
-  std::filesystem::path data;                // CIFAR-10 (test images as inputs)
-  std::filesystem::path out_dir;             // report.json, REPORT.md, *.png
-  std::vector<std::string> variants;         // empty = every variant with status "ok"
+  std::filesystem::path data;         // CIFAR-10 (test images as inputs)
+  std::filesystem::path out_dir;      // report.json, REPORT.md, *.png
+  std::vector<std::string> variants;  // empty = every variant with status "ok"
   std::vector<std::string> engines = {"onnxruntime", "libtorch", "onnxruntime-default"};
   std::vector<int64_t> batch_sizes = {1, 8, 32, 64, 256};
   std::vector<int> threads = {1, 2};
   int rounds = 3;  // passes over the whole matrix (drift between passes = spread)
   int warmup_runs = 3;
   double warmup_seconds = 0.2;
-  int min_runs = 5;           // per cell and round
-  double min_seconds = 0.4;   // per cell and round
-  double max_seconds = 2.0;   // per cell and round
+  int min_runs = 5;          // per cell and round
+  double min_seconds = 0.4;  // per cell and round
+  double max_seconds = 2.0;  // per cell and round
   double stable_tolerance = 0.03;
   bool peers = true;                        // run bench/peers.py (Python PyTorch)
   std::string python = "/usr/bin/python3";  // Debian's Python, which sees python3-torch
@@ -76,6 +76,18 @@ Result<nlohmann::json> ManifestFromModels(const std::vector<std::filesystem::pat
 // Adds "ci95_ms": [lo, hi] to every cell of `results` (engine cells or the peers') that has two
 // or more "round_medians_ms".
 void AddConfidenceIntervals(nlohmann::json* results);
+
+// Speed relative to a reference measured in the same rounds: adds "ratio" to every cell of
+// `cells` (engine cells or the peers') that has a reference cell in `reference_cells` (variant
+// `reference_variant`, engine "onnxruntime" -- "onnxruntime-default" for cells at ONNX Runtime's
+// default thread count --, same threads, same batch) with as many round medians:
+//   {"reference": "fp32 / onnxruntime", "rounds": [reference_ms_i / cell_ms_i, ...],
+//    "median": ..., "min": ..., "max": ..., "ci95": [lo, hi] (two or more rounds)}
+// A ratio above 1 is faster than the reference (images/s over the reference's images/s). Each
+// round's ratio pairs two cells measured minutes apart in one pass, so drift of the whole machine
+// between rounds or runs cancels out of it; the reference cell's ratio is 1 in every round.
+void AddRatios(const nlohmann::json& reference_cells, const std::string& reference_variant,
+               nlohmann::json* cells);
 
 // Runs the benchmark and writes report.json, REPORT.md and the plots into out_dir.
 Result<nlohmann::json> RunBench(const BenchOptions& options, std::ostream* progress,
