@@ -189,6 +189,21 @@ std::string Interval(const json& r) {
   return Format("%.3f", r["ci95_ms"][0]) + "-" + Format("%.3f", r["ci95_ms"][1]);
 }
 
+// "1.234 (1.201-1.266)": a speedup and its 95% interval, or "-".
+std::string Speedup(const json& r) {
+  if (!r.contains("speedup")) return "-";
+  const json& s = r["speedup"];
+  std::string out = Format("%.3f", s["value"]);
+  if (s.contains("ci95")) out += " (" + Format("%.3f", s["ci95"][0]) + "-" + Format("%.3f", s["ci95"][1]) + ")";
+  return out;
+}
+
+double SpeedupValue(const json& r) { return r.contains("speedup") ? r["speedup"]["value"].get<double>() : 0.0; }
+
+bool IsDefaultsEngine(const std::string& engine) {
+  return engine.size() > 8 && engine.compare(engine.size() - 8, 8, "-default") == 0;
+}
+
 }  // namespace
 
 Status WriteReport(const json& report, const fs::path& out_dir) {
@@ -241,10 +256,205 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
        << Format("%.1f", m.value("memory_bytes", int64_t{0}) / 1073741824.0) << " GiB, flags: "
        << m.value("flags", json::array()).dump() << ", " << m.value("kernel", "") << "\n"
        << "- Versions: Kiln " << report["versions"].value("kiln", "") << ", ONNX Runtime "
-       << report["versions"].value("onnxruntime", "") << ", " << report["versions"].value("libtorch", "")
+       << report["versions"].value("onnxruntime", "") << ", OpenVINO "
+       << report["versions"].value("openvino", "unavailable") << ", "
+       << report["versions"].value("libtorch", "")
        << ", Python torch " << report["versions"].value("python_torch", "") << "\n"
        << "- Model: " << report["model"].value("arch", "?") << " (manifest `" << report.value("manifest", "")
        << "`)\n\n";
+
+    // ---- ratios first: what carries from one run to the next ----
+    const std::string reference = report.contains("reference")
+                                      ? report["reference"].value("variant", "fp32") + " / " +
+                                            report["reference"].value("engine", "onnxruntime")
+                                      : std::string("fp32 / onnxruntime");
+    std::vector<int64_t> batches;
+    for (const json& r : results) {
+      const int64_t b = r["batch"].get<int64_t>();
+      if (std::find(batches.begin(), batches.end(), b) == batches.end()) batches.push_back(b);
+    }
+    std::sort(batches.begin(), batches.end());
+    std::map<std::pair<std::string, std::string>, double> engine_accuracy;  // (variant, engine)
+    for (const json& a : report.value("accuracy", json::array())) {
+      if (a.contains("accuracy")) engine_accuracy[{a["variant"], a["engine"]}] = a["accuracy"].get<double>();
+    }
+    auto accuracy_cell = [&](const Series& s) -> std::string {
+      auto it = engine_accuracy.find({s.variant, s.engine});
+      if (it != engine_accuracy.end()) return Format("%.2f%%", 100 * it->second);
+      return accuracy_of(s.variant) >= 0 && s.engine.rfind("pytorch", 0) != 0 &&
+                     s.engine.rfind("torchscript", 0) != 0
+                 ? Format("%.2f%%", 100 * accuracy_of(s.variant)) + " (manifest)"
+                 : std::string("-");
+    };
+    md << "## Speed relative to the reference (" << t << " threads; engines at their own defaults: "
+       << "their own thread count)\n\n"
+       << "Each cell: images/s of the variant on the engine over images/s of the reference (**"
+       << reference << "**, Kiln's session, same thread count and batch size), measured "
+       << "interleaved with it in every round (reference, the column's cells, reference), as the "
+       << "mean of the rounds' ratios with its 95% confidence interval. Absolute images/s move with "
+       << "the machine (two runs 50 minutes apart on the AMD development machine differed by ~10%); "
+       << "these ratios do not, so compare runs by them (`bench/compare_reports.py` judges both). "
+       << "Accuracy: test images through this engine (see \"Accuracy by engine\"; \"(manifest)\": "
+       << "from `kiln optimize`, through ONNX Runtime).\n\n";
+    if (report.contains("drift")) {
+      const json& d = report["drift"];
+      md << "Drift seen in this run through the reference alone: ";
+      if (d.value("between_rounds", json()).is_object()) {
+        md << "between rounds its median moved by " << Format("%.1f%%", 100 * d["between_rounds"]["median"].get<double>())
+           << " at the median column (max " << Format("%.1f%%", 100 * d["between_rounds"]["max"].get<double>()) << "); ";
+      } else {
+        md << "one round, so no drift between rounds is visible; ";
+      }
+      if (d.value("within_column", json()).is_object()) {
+        md << "its two measurements around a column differed by " << Format("%.1f%%", 100 * d["within_column"]["median"].get<double>())
+           << " at the median (max " << Format("%.1f%%", 100 * d["within_column"]["max"].get<double>()) << ").";
+      }
+      md << "\n\n";
+    }
+    md << "| variant / engine | accuracy |";
+    for (int64_t b : batches) md << " b=" << b << " |";
+    md << "\n|---|---|";
+    for (size_t i = 0; i < batches.size(); ++i) md << "---|";
+    md << "\n";
+    for (const Series& s : series) {
+      md << "| " << s.label << " | " << accuracy_cell(s) << " |";
+      for (int64_t b : batches) {
+        auto it = s.by_batch.find(b);
+        md << " " << (it == s.by_batch.end() ? std::string("-") : Speedup(it->second))
+           << (it != s.by_batch.end() && it->second.contains("speedup") &&
+                       !it->second["speedup"].value("interleaved", true)
+                   ? " *"
+                   : "")
+           << " |";
+      }
+      md << "\n";
+    }
+    md << "\n\\* not interleaved: a Python peer, measured in its own process after Kiln's pass of "
+          "the round, against that round's reference.\n\n";
+
+    // Goals: the best of Kiln's engines against the fastest runtime at its own defaults.
+    std::map<std::string, std::vector<const Series*>> by_variant;
+    for (const Series& s : series) by_variant[s.variant].push_back(&s);
+    bool any_goal = false;
+    std::ostringstream goals;
+    goals << "## Kiln's engines against the runtimes' own defaults\n\n"
+          << "Per variant: the best of Kiln's engines (Kiln's settings: onnxruntime, openvino, "
+             "libtorch) over the fastest of ONNX Runtime and OpenVINO at their own defaults, as "
+             "the ratio of their speedups (same reference, so drift cancels). Batch 1, and the "
+             "batch at which the fastest default engine reaches its most images/s. Goal: 0.95 or "
+             "more.\n\n"
+          << "| variant | batch 1: best Kiln engine | fastest default | Kiln / default | best batch | best Kiln engine | fastest default | Kiln / default |\n"
+          << "|---|---|---|---|---|---|---|---|\n";
+    for (const auto& [variant, list] : by_variant) {
+      auto best_at = [&](int64_t b, bool defaults) -> std::pair<const Series*, double> {
+        const Series* best = nullptr;
+        double v = 0;
+        for (const Series* s : list) {
+          if (IsDefaultsEngine(s->engine) != defaults) continue;
+          if (s->engine.rfind("pytorch", 0) == 0 || s->engine.rfind("torchscript", 0) == 0) continue;
+          auto it = s->by_batch.find(b);
+          if (it == s->by_batch.end()) continue;
+          if (SpeedupValue(it->second) > v) {
+            v = SpeedupValue(it->second);
+            best = s;
+          }
+        }
+        return {best, v};
+      };
+      if (batches.empty()) break;
+      auto [k1, kv1] = best_at(batches.front(), false);
+      auto [d1, dv1] = best_at(batches.front(), true);
+      if (!k1 || !d1) continue;
+      // The fastest default engine's best batch (absolute images/s).
+      int64_t bb = batches.front();
+      double best_ips = 0;
+      for (const Series* s : list) {
+        if (!IsDefaultsEngine(s->engine)) continue;
+        for (const auto& [b, r] : s->by_batch) {
+          if (r["images_per_second"].get<double>() > best_ips) {
+            best_ips = r["images_per_second"].get<double>();
+            bb = b;
+          }
+        }
+      }
+      auto [kb, kvb] = best_at(bb, false);
+      auto [db, dvb] = best_at(bb, true);
+      if (!kb || !db) continue;
+      any_goal = true;
+      auto verdict = [](double r) { return Format("%.3f", r) + (r >= 0.95 ? "" : " **below**"); };
+      goals << "| " << variant << " | " << k1->engine << " " << Format("%.3f", kv1) << " | "
+            << d1->engine << " " << Format("%.3f", dv1) << " | " << verdict(kv1 / dv1) << " | "
+            << bb << " | " << kb->engine << " " << Format("%.3f", kvb) << " | " << db->engine
+            << " " << Format("%.3f", dvb) << " | " << verdict(kvb / dvb) << " |\n";
+    }
+    if (any_goal) md << goals.str() << "\n";
+
+    // The INT8 quantizers side by side (kiln optimize's peers: ONNX Runtime's and NNCF's PTQ).
+    std::vector<std::string> quantized;
+    for (const json& v : report.at("variants")) {
+      const std::string n = v.value("name", "");
+      if (v.value("precision", "") == "int8" &&
+          (v.contains("peer") || n == "int8-static")) {
+        quantized.push_back(n);
+      }
+    }
+    if (quantized.size() > 1) {
+      md << "## INT8 quantizers side by side (the same FP32 model and calibration images)\n\n"
+         << "Accuracy and agreement with FP32: all test images through ONNX Runtime (`kiln "
+            "optimize`). Speedups: over the reference, on each engine at " << t << " threads.\n\n"
+         << "| variant | quantizer | size (MB) | test accuracy | agreement with FP32 |";
+      for (const char* e : {"onnxruntime", "openvino"}) {
+        md << " " << e << " b=1 | " << e << " b=" << (batches.empty() ? 0 : batches.back()) << " |";
+      }
+      md << "\n|---|---|---|---|---|---|---|---|---|\n";
+      for (const std::string& n : quantized) {
+        const json& v = variants[n];
+        md << "| " << n << " | "
+           << (v.contains("peer") ? v["peer"].value("tool", "?") : std::string("Kiln"))
+           << " | " << Format("%.2f", v.value("size_bytes", int64_t{0}) / 1e6) << " | "
+           << Format("%.2f%%", 100 * v.value("test_accuracy", 0.0)) << " | "
+           << Format("%.2f%%", 100 * v.value("agreement_with_fp32", 0.0)) << " |";
+        for (const char* e : {"onnxruntime", "openvino"}) {
+          const Series* s = nullptr;
+          for (const Series& x : series) {
+            if (x.variant == n && x.engine == e) s = &x;
+          }
+          for (int64_t b : {batches.empty() ? int64_t{1} : batches.front(),
+                            batches.empty() ? int64_t{1} : batches.back()}) {
+            md << " " << (s && s->by_batch.count(b) ? Speedup(s->by_batch.at(b)) : std::string("-"))
+               << " |";
+          }
+        }
+        md << "\n";
+      }
+      md << "\n";
+    }
+
+    if (report.contains("accuracy") && !report["accuracy"].empty()) {
+      md << "## Accuracy by engine\n\nThe same test images through every (variant, engine); "
+            "agreement: top-1 agreement with ONNX Runtime (Kiln's session) on the same variant.\n\n"
+         << "| variant | engine | images | accuracy | agreement with onnxruntime |\n|---|---|---|---|---|\n";
+      for (const json& a : report["accuracy"]) {
+        md << "| " << a["variant"].get<std::string>() << " | " << a["engine"].get<std::string>() << " | "
+           << a.value("images", 0) << " | "
+           << (a.contains("accuracy") ? Format("%.2f%%", 100 * a["accuracy"].get<double>())
+                                      : "failed: " + a.value("error", std::string("?")))
+           << " | "
+           << (a.contains("agreement_with_onnxruntime")
+                   ? Format("%.2f%%", 100 * a["agreement_with_onnxruntime"].get<double>())
+                   : std::string("-"))
+           << " |\n";
+      }
+      md << "\n";
+    }
+    if (report.contains("unavailable") && !report["unavailable"].empty()) {
+      md << "Not measured (the engine could not load the variant):\n\n";
+      for (const json& u : report["unavailable"]) {
+        md << "- " << u["variant"].get<std::string>() << " / " << u["engine"].get<std::string>() << ": "
+           << u.value("error", std::string("?")) << "\n";
+      }
+      md << "\n";
+    }
 
     md << "## Roof (measured at the start of the run)\n\n| threads | FP32 FMA GFLOP/s | INT8 dot GOP/s |\n|---|---|---|\n";
     for (const json& p : report["roof"]["points"]) {
@@ -253,7 +463,7 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     }
     md << "\nISA: " << report["roof"].value("isa", "?") << ".\n\n";
 
-    md << "## Summary (" << t << " threads)\n\n"
+    md << "## Absolute numbers (" << t << " threads; these move with the machine)\n\n"
        << "Latency: median at batch 1. Images/s: the best batch size. Speedup: images/s over "
        << (base ? base->label : std::string("(no baseline)"))
        << ". Compression: FP32 file size over this "
@@ -327,8 +537,8 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
          << (*best)["batch"] << "; batch " << knee << " already reaches 90% of that.\n";
     }
 
-    md << "\n## Full matrix\n\n| variant | engine | threads | batch | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | images/s | runs | stable | peak RSS MB | roof |\n"
-       << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    md << "\n## Full matrix\n\n| variant | engine | threads | batch | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | images/s | speedup (95% CI) | runs | stable | memory MB | roof |\n"
+       << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     auto rows = [&](const json& list) {
       for (const json& r : list) {
         md << "| " << r["variant"].get<std::string>() << " | " << r["engine"].get<std::string>() << " | "
@@ -336,9 +546,9 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
            << " | " << r["batch"] << " | " << Format("%.3f", r["median_ms"]) << " | " << Interval(r) << " | " << Format("%.3f", r["p90_ms"])
            << " | " << Format("%.3f", r["p99_ms"]) << " | " << Format("%.3f", r["min_ms"]) << " | "
            << Format("%.3f", r["max_ms"]) << " | " << RoundRange(r) << " | "
-           << Format("%.0f", r["images_per_second"]) << " | " << r["runs"]
+           << Format("%.0f", r["images_per_second"]) << " | " << Speedup(r) << " | " << r["runs"]
            << " | " << (r.value("stable", false) ? "yes" : "no") << " | "
-           << (r.contains("peak_rss_bytes") ? Format("%.0f", r["peak_rss_bytes"].get<double>() / 1e6) : "-") << " | "
+           << (r.contains("memory_bytes") ? Format("%.0f", r["memory_bytes"].get<double>() / 1e6) : "-") << " | "
            << (r.contains("roof_fraction") ? Format("%.1f%%", 100 * r["roof_fraction"].get<double>()) : "-")
            << " |\n";
       }

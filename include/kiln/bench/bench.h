@@ -1,25 +1,34 @@
 // `kiln bench`: every variant of a `kiln optimize` manifest x every engine that runs it x batch
 // sizes x thread counts, measured the same way on the same real test images, plus the peers a
-// user compares against (PyTorch eager and TorchScript in Python, ONNX Runtime's default
-// settings), written as report.json, REPORT.md and PNG plots.
+// user compares against (ONNX Runtime's and OpenVINO's default settings, PyTorch eager and
+// TorchScript in Python), written as report.json, REPORT.md and PNG plots.
 //
 // Method (also written into every report):
 //   * inputs: the first max(batch) test images, normalized with the model's own statistics;
 //     the same buffer for every engine;
-//   * `rounds` passes over the whole matrix, one after another (so that drift of a shared
-//     machine over minutes shows as spread between the rounds' medians); the Python peers run
-//     once per round, in a fresh process, right after Kiln's pass;
+//   * accuracy: every (variant, engine) pair runs the first `accuracy_images` test images once,
+//     outside the timing (an engine that reads a quantized graph differently shows there);
+//   * `rounds` passes over the whole matrix, one after another. Inside a pass, per thread count,
+//     every engine is loaded and the matrix is measured one batch size (a column) at a time:
+//     the reference cell (FP32 on ONNX Runtime with Kiln's session, same threads and batch)
+//     first, the column's other cells in an order rotated each round, the reference again. The
+//     Python peers run once per round, in a fresh process, right after Kiln's pass;
 //   * per cell and round: warm-up of at least `warmup_runs` runs and `warmup_seconds`, then
 //     timed runs until at least `min_runs` runs and `min_seconds` have passed AND the medians of
 //     the first and second half of the runs differ by at most `stable_tolerance` (stable); a
 //     cell that is not stable after `max_seconds` is reported with "stable": false;
+//   * speedup (what the report leads with): per round, the reference's median latency over the
+//     cell's, i.e. images/s relative to the reference measured interleaved with it; the mean of
+//     the rounds' ratios with a 95% confidence interval. Drift of the machine over minutes (seen:
+//     ~10% between two runs 50 minutes apart) moves both alike and cancels;
 //   * latency statistics over all timed runs of all rounds; images/s = batch / median latency;
 //   * latency percentiles by kiln::Quantile (core/statistics.h: linear between closest ranks);
 //   * spread of the median: a 95% confidence interval of the mean of the rounds' medians
 //     (kiln::MeanConfidenceInterval: mean +- t(0.975, rounds-1) * sd / sqrt(rounds), Student's t
-//     from Boost.Math), so that drift of the machine between rounds widens it; two runs of the
-//     same benchmark agree when their intervals overlap;
-//   * peak memory: the process's peak resident set (VmHWM), reset before each cell.
+//     from Boost.Math), so that drift of the machine between rounds widens it;
+//   * drift: the reference's change between rounds and between its two measurements around a
+//     column, stated in the report;
+//   * memory: resident memory each engine added while loading and running every batch size once.
 #pragma once
 
 #include <atomic>
@@ -45,10 +54,14 @@ struct BenchOptions {
   std::filesystem::path data;                // CIFAR-10 (test images as inputs)
   std::filesystem::path out_dir;             // report.json, REPORT.md, *.png
   std::vector<std::string> variants;         // empty = every variant with status "ok"
-  std::vector<std::string> engines = {"onnxruntime", "libtorch", "onnxruntime-default"};
+  // onnxruntime, openvino, libtorch (Kiln's settings at each thread count), openvino-throughput
+  // (THROUGHPUT hint), onnxruntime-default and openvino-default (the runtimes' own defaults).
+  std::vector<std::string> engines = {"onnxruntime", "openvino", "libtorch", "onnxruntime-default",
+                                      "openvino-default"};
   std::vector<int64_t> batch_sizes = {1, 8, 32, 64, 256};
   std::vector<int> threads = {1, 2};
   int rounds = 3;  // passes over the whole matrix (drift between passes = spread)
+  int64_t accuracy_images = 10000;  // test images each (variant, engine) is checked on; 0 = none
   int warmup_runs = 3;
   double warmup_seconds = 0.2;
   int min_runs = 5;           // per cell and round
@@ -60,7 +73,8 @@ struct BenchOptions {
   std::filesystem::path peers_script;       // default: the source tree's bench/peers.py
   std::string command_line;                 // recorded in the report
 
-  // A smoke profile: one round, batch 1 and 64, 2 threads, short windows (under 2 minutes).
+  // A smoke profile: one round, batch 1 and 64, 2 threads, short windows, accuracy on 1,000
+  // images (a few minutes).
   void ApplyQuick();
   Status Validate() const;
 };
