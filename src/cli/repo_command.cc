@@ -38,7 +38,7 @@ serve::repo::ModelSource ParseModelArg(const std::string& arg) {
   const size_t eq = arg.find('=');
   m.file = eq == std::string::npos ? arg : arg.substr(eq + 1);
   m.variant = m.file.extension() == ".pt" ? "torchscript" : "onnx";
-  m.name = eq != std::string::npos ? arg.substr(0, eq)
+  m.name = eq != std::string::npos       ? arg.substr(0, eq)
            : m.file.extension() == ".pt" ? m.file.stem().string() + "-torchscript"
                                          : m.file.stem().string();
   return m;
@@ -55,9 +55,9 @@ Result<data::RgbImage> WarmupImage(const RepoWriteArgs& a) {
   }
   auto set = data::LoadCifar10(a.data);
   if (!set.ok()) {
-    return Status(set.status().code(),
-                  "the warmup sample comes from --data's first test image: " +
-                      set.status().message() + " (or give --warmup-image FILE)");
+    return Status(set.status().code(), "the warmup sample comes from --data's first test image: " +
+                                           set.status().message() +
+                                           " (or give --warmup-image FILE)");
   }
   const data::ImageSet& test = set->test;
   data::RgbImage image;
@@ -67,7 +67,8 @@ Result<data::RgbImage> WarmupImage(const RepoWriteArgs& a) {
   const uint8_t* chw = test.image(0);
   const int64_t plane = test.width * test.height;
   for (int64_t p = 0; p < plane; ++p) {
-    for (int64_t c = 0; c < 3; ++c) image.pixels[static_cast<size_t>(p * 3 + c)] = chw[c * plane + p];
+    for (int64_t c = 0; c < 3; ++c)
+      image.pixels[static_cast<size_t>(p * 3 + c)] = chw[c * plane + p];
   }
   return image;
 }
@@ -128,8 +129,9 @@ int RunWrite(RepoWriteArgs a) {
                                   [&](const auto& m) { return m.name == f.model; });
     if (!ours) continue;
     errors += f.severity == serve::repo::Severity::kError ? 1 : 0;
-    std::cerr << f.model << ": " << (f.severity == serve::repo::Severity::kError ? "error" : "warning")
-              << ": " << f.problem << "\n";
+    std::cerr << f.model << ": "
+              << (f.severity == serve::repo::Severity::kError ? "error" : "warning") << ": "
+              << f.problem << "\n";
   }
   if (errors > 0) return kExitFailure;
   std::cout << written->size() << " model(s) written to " << o.out.string()
@@ -178,12 +180,14 @@ void RegisterRepoCommand(CLI::App& app, Runner* run) {
   write->add_flag("--force", w->options.force, "Replace model folders that exist");
   write->add_option("--max-batch-size", w->options.max_batch_size, "max_batch_size")
       ->capture_default_str();
-  write->add_option("--preferred-batch-sizes", w->options.preferred_batch_sizes,
-                    "dynamic_batching.preferred_batch_size (default: 8, 16, ... up to "
-                    "--max-batch-size)")
+  write
+      ->add_option("--preferred-batch-sizes", w->options.preferred_batch_sizes,
+                   "dynamic_batching.preferred_batch_size (default: 8, 16, ... up to "
+                   "--max-batch-size)")
       ->delimiter(',');
-  write->add_option("--queue-delay-us", w->options.max_queue_delay_us,
-                    "dynamic_batching.max_queue_delay_microseconds")
+  write
+      ->add_option("--queue-delay-us", w->options.max_queue_delay_us,
+                   "dynamic_batching.max_queue_delay_microseconds")
       ->capture_default_str();
   write->add_option("--instances", w->options.instances, "instance_group count")
       ->capture_default_str();

@@ -2,6 +2,8 @@
 // model's manifest passes the strict check, loads in `kiln serve --disable-auto-complete-config`
 // and answers what the engines answer on real test images; the check finds each classic reason
 // a model is UNAVAILABLE in Triton.
+#include "kiln/serve/repo/repo.h"
+
 #include <gtest/gtest.h>
 
 #include <fstream>
@@ -16,7 +18,6 @@
 #include "kiln/export/onnx_export.h"
 #include "kiln/export/torchscript_export.h"
 #include "kiln/optimize/quantize/quantize.h"
-#include "kiln/serve/repo/repo.h"
 #include "serve_client.h"
 
 namespace kiln::serve {
@@ -76,13 +77,21 @@ class RepoTest : public ::testing::Test {
         {"format", "kiln-optimize-1"},
         {"arch", "seed-cnn"},
         {"variants",
-         {{{"name", "fp32"}, {"file", "fp32.onnx"}, {"torchscript_file", "fp32.pt"},
-           {"precision", "fp32"}, {"status", "ok"}},
-          {{"name", "fp32-opt"}, {"file", "fp32.onnx"}, {"precision", "fp32"}, {"status", "ok"}},
-          {{"name", "int8-static"}, {"file", "int8-static.onnx"}, {"precision", "int8"},
+         {{{"name", "fp32"},
+           {"file", "fp32.onnx"},
+           {"torchscript_file", "fp32.pt"},
+           {"precision", "fp32"},
            {"status", "ok"}},
-          {{"name", "pruned-30"}, {"file", "missing.onnx"}, {"precision", "fp32"},
-           {"status", "failed"}, {"error", "accuracy 10.00% is 50 points below FP32"}}}}};
+          {{"name", "fp32-opt"}, {"file", "fp32.onnx"}, {"precision", "fp32"}, {"status", "ok"}},
+          {{"name", "int8-static"},
+           {"file", "int8-static.onnx"},
+           {"precision", "int8"},
+           {"status", "ok"}},
+          {{"name", "pruned-30"},
+           {"file", "missing.onnx"},
+           {"precision", "fp32"},
+           {"status", "failed"},
+           {"error", "accuracy 10.00% is 50 points below FP32"}}}}};
     Write(d / "manifest.json", manifest.dump(2));
     normalization_ = new data::Normalization(ckpt.meta.normalization);
   }
@@ -122,8 +131,8 @@ data::Normalization* RepoTest::normalization_ = nullptr;
 TEST_F(RepoTest, WritesACompleteRepositoryFromAManifest) {
   TempDir t;
   const fs::path repo = t.path() / "models";
-  auto r = RunKiln("repo write --manifest " + (Optimized() / "manifest.json").string() +
-                   " --out " + repo.string() + " --data " + testing::DataArchive().string() +
+  auto r = RunKiln("repo write --manifest " + (Optimized() / "manifest.json").string() + " --out " +
+                   repo.string() + " --data " + testing::DataArchive().string() +
                    " --max-batch-size 16 --instances 2 --threads 1");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   // The passing variants and the TorchScript export; the failed variant and fp32-opt say why not.
@@ -136,8 +145,10 @@ TEST_F(RepoTest, WritesACompleteRepositoryFromAManifest) {
   EXPECT_TRUE(fs::exists(repo / "seed-cnn-torchscript" / "1" / "model.pt"));
   EXPECT_FALSE(fs::exists(repo / "seed-cnn-pruned-30"));
   EXPECT_FALSE(fs::exists(repo / "seed-cnn-fp32-opt"));
-  EXPECT_NE(r.output.find("skipped pruned-30: failed its accuracy gate"), std::string::npos) << r.output;
-  EXPECT_NE(r.output.find("skipped fp32-opt: ONNX Runtime's saved optimized graph"), std::string::npos);
+  EXPECT_NE(r.output.find("skipped pruned-30: failed its accuracy gate"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("skipped fp32-opt: ONNX Runtime's saved optimized graph"),
+            std::string::npos);
   // Every field the config must state, explicitly.
   const std::string onnx = Read(repo / "seed-cnn-fp32" / "config.pbtxt");
   for (const char* field :
@@ -150,9 +161,9 @@ TEST_F(RepoTest, WritesACompleteRepositoryFromAManifest) {
     EXPECT_NE(onnx.find(field), std::string::npos) << field << "\n" << onnx;
   }
   const std::string torch = Read(repo / "seed-cnn-torchscript" / "config.pbtxt");
-  for (const char* field : {"platform: \"pytorch_libtorch\"", "name: \"INPUT__0\"",
-                            "name: \"OUTPUT__0\"", "\"INTRA_OP_THREAD_COUNT\"",
-                            "key: \"INPUT__0\""}) {
+  for (const char* field :
+       {"platform: \"pytorch_libtorch\"", "name: \"INPUT__0\"", "name: \"OUTPUT__0\"",
+        "\"INTRA_OP_THREAD_COUNT\"", "key: \"INPUT__0\""}) {
     EXPECT_NE(torch.find(field), std::string::npos) << field << "\n" << torch;
   }
   auto check = RunKiln("repo check --strict " + repo.string());
@@ -166,9 +177,9 @@ TEST_F(RepoTest, WritesACompleteRepositoryFromAManifest) {
                        " --out " + repo.string() + " --data " + testing::DataArchive().string());
   EXPECT_EQ(clash.exit_code, 1) << clash.output;
   EXPECT_NE(clash.output.find("exists (--force"), std::string::npos) << clash.output;
-  auto forced = RunKiln("repo write --force --model seed-cnn-fp32=" +
-                        (Optimized() / "fp32.onnx").string() + " --out " + repo.string() +
-                        " --data " + testing::DataArchive().string());
+  auto forced =
+      RunKiln("repo write --force --model seed-cnn-fp32=" + (Optimized() / "fp32.onnx").string() +
+              " --out " + repo.string() + " --data " + testing::DataArchive().string());
   EXPECT_EQ(forced.exit_code, 0) << forced.output;
   for (const auto& e : fs::directory_iterator(repo)) {
     EXPECT_NE(e.path().filename().string()[0], '.') << "left behind: " << e.path();
@@ -209,9 +220,9 @@ TEST_F(RepoTest, ServedWithAutoCompleteOffEveryModelAnswersAsItsEngine) {
     KILN_ASSERT_RESULT_OK(engine);
     std::vector<float> want(static_cast<size_t>(n * 10));
     KILN_ASSERT_OK((*engine)->Run(images.data(), n, want.data()));
-    json body = {{"inputs",
-                  {{{"name", c.input}, {"shape", {n, 3, 32, 32}}, {"datatype", "FP32"},
-                    {"data", images}}}}};
+    json body = {
+        {"inputs",
+         {{{"name", c.input}, {"shape", {n, 3, 32, 32}}, {"datatype", "FP32"}, {"data", images}}}}};
     HttpRequest req;
     req.method = "POST";
     req.body = body.dump();
@@ -226,7 +237,8 @@ TEST_F(RepoTest, ServedWithAutoCompleteOffEveryModelAnswersAsItsEngine) {
         return std::max_element(v.begin() + i * 10, v.begin() + i * 10 + 10) - (v.begin() + i * 10);
       };
       top1_differs += row(got) != row(want) ? 1 : 0;
-      for (int k = 0; k < 10; ++k) max_diff = std::max(max_diff, std::abs(got[i * 10 + k] - want[i * 10 + k]));
+      for (int k = 0; k < 10; ++k)
+        max_diff = std::max(max_diff, std::abs(got[i * 10 + k] - want[i * 10 + k]));
     }
     EXPECT_LE(max_diff, 1e-4f);
     EXPECT_EQ(top1_differs, 0);
@@ -251,11 +263,13 @@ TEST_F(RepoTest, AnIncompleteConfigIsUnavailableWithAutoCompleteOff) {
   {
     ServerProcess strict(repo, {"--disable-auto-complete-config"});
     ASSERT_TRUE(strict.started()) << strict.Log();
-    auto index = json::parse(Http(strict.url() + "/v2/repository/index", [] {
-                               HttpRequest r;
-                               r.method = "POST";
-                               return r;
-                             }()).body);
+    auto index = json::parse(Http(strict.url() + "/v2/repository/index",
+                                  [] {
+                                    HttpRequest r;
+                                    r.method = "POST";
+                                    return r;
+                                  }())
+                                 .body);
     std::map<std::string, json> by_name;
     for (const auto& m : index) by_name[m["name"].get<std::string>()] = m;
     EXPECT_EQ(by_name["seed-cnn-fp32"]["state"], "UNAVAILABLE");
@@ -326,26 +340,30 @@ TEST_F(RepoTest, CheckFindsEveryClassicMistake) {
   PythonTorch("import sys, torch; torch.save(torch.nn.Linear(3, 2).state_dict(), sys.argv[1])",
               repo / "torch-save-zip" / "1" / "model.pt");
   copy("seed-cnn-torchscript", "quantized-gpu");
-  PythonTorch("import sys, torch\n"
-              "m = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Flatten(),"
-              " torch.nn.Linear(3072, 10)), {torch.nn.Linear}, dtype=torch.qint8)\n"
-              "torch.jit.script(m).save(sys.argv[1])",
-              repo / "quantized-gpu" / "1" / "model.pt");
+  PythonTorch(
+      "import sys, torch\n"
+      "m = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(torch.nn.Flatten(),"
+      " torch.nn.Linear(3072, 10)), {torch.nn.Linear}, dtype=torch.qint8)\n"
+      "torch.jit.script(m).save(sys.argv[1])",
+      repo / "quantized-gpu" / "1" / "model.pt");
   edit("quantized-gpu", "kind: KIND_CPU", "kind: KIND_GPU");
 
   auto findings = repo::CheckRepository(repo, {});
   KILN_ASSERT_RESULT_OK(findings);
   std::map<std::string, std::string> errors;
   for (const auto& f : *findings) {
-    if (f.severity == repo::Severity::kError) errors[f.model] += f.problem + " | fix: " + f.fix + "\n";
+    if (f.severity == repo::Severity::kError)
+      errors[f.model] += f.problem + " | fix: " + f.fix + "\n";
   }
   const std::map<std::string, std::string> expected = {
-      {"batch-in-dims", "dims [-1, 3, 32, 32] include the batch dimension | fix: with "
-                        "max_batch_size > 0 the batch is implicit: write dims: [3, 32, 32]"},
+      {"batch-in-dims",
+       "dims [-1, 3, 32, 32] include the batch dimension | fix: with "
+       "max_batch_size > 0 the batch is implicit: write dims: [3, 32, 32]"},
       {"fixed-batch", "has a fixed first dimension (exported with a fixed batch)"},
       {"wrong-name", "input 'images' is not a tensor of model.onnx (it has 'input')"},
-      {"no-version", "no numeric version folder (found: v1) | fix: put the model file into "
-                     "no-version/1/"},
+      {"no-version",
+       "no numeric version folder (found: v1) | fix: put the model file into "
+       "no-version/1/"},
       {"labels", "labels.txt has 2 labels but the output has 10 classes"},
       {"torch-names", "TorchScript output 'logits' is not named <name>__<index>"},
       {"pickle", "not a TorchScript archive (not a zip: a torch.save() pickle)"},
@@ -354,7 +372,8 @@ TEST_F(RepoTest, CheckFindsEveryClassicMistake) {
   };
   for (const auto& [model, want] : expected) {
     EXPECT_NE(errors[model].find(want), std::string::npos)
-        << model << ": want \"" << want << "\", got:\n" << errors[model];
+        << model << ": want \"" << want << "\", got:\n"
+        << errors[model];
   }
   EXPECT_EQ(errors.count("ok"), 0u) << errors["ok"];
   EXPECT_EQ(errors.size(), expected.size());

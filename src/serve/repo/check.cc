@@ -32,21 +32,36 @@ struct OnnxModel {
 
 inference::DataType FromOnnx(int32_t t) {
   switch (t) {
-    case onnx::TensorProto::FLOAT: return inference::TYPE_FP32;
-    case onnx::TensorProto::FLOAT16: return inference::TYPE_FP16;
-    case onnx::TensorProto::BFLOAT16: return inference::TYPE_BF16;
-    case onnx::TensorProto::DOUBLE: return inference::TYPE_FP64;
-    case onnx::TensorProto::INT8: return inference::TYPE_INT8;
-    case onnx::TensorProto::UINT8: return inference::TYPE_UINT8;
-    case onnx::TensorProto::INT16: return inference::TYPE_INT16;
-    case onnx::TensorProto::UINT16: return inference::TYPE_UINT16;
-    case onnx::TensorProto::INT32: return inference::TYPE_INT32;
-    case onnx::TensorProto::UINT32: return inference::TYPE_UINT32;
-    case onnx::TensorProto::INT64: return inference::TYPE_INT64;
-    case onnx::TensorProto::UINT64: return inference::TYPE_UINT64;
-    case onnx::TensorProto::BOOL: return inference::TYPE_BOOL;
-    case onnx::TensorProto::STRING: return inference::TYPE_STRING;
-    default: return inference::TYPE_INVALID;
+    case onnx::TensorProto::FLOAT:
+      return inference::TYPE_FP32;
+    case onnx::TensorProto::FLOAT16:
+      return inference::TYPE_FP16;
+    case onnx::TensorProto::BFLOAT16:
+      return inference::TYPE_BF16;
+    case onnx::TensorProto::DOUBLE:
+      return inference::TYPE_FP64;
+    case onnx::TensorProto::INT8:
+      return inference::TYPE_INT8;
+    case onnx::TensorProto::UINT8:
+      return inference::TYPE_UINT8;
+    case onnx::TensorProto::INT16:
+      return inference::TYPE_INT16;
+    case onnx::TensorProto::UINT16:
+      return inference::TYPE_UINT16;
+    case onnx::TensorProto::INT32:
+      return inference::TYPE_INT32;
+    case onnx::TensorProto::UINT32:
+      return inference::TYPE_UINT32;
+    case onnx::TensorProto::INT64:
+      return inference::TYPE_INT64;
+    case onnx::TensorProto::UINT64:
+      return inference::TYPE_UINT64;
+    case onnx::TensorProto::BOOL:
+      return inference::TYPE_BOOL;
+    case onnx::TensorProto::STRING:
+      return inference::TYPE_STRING;
+    default:
+      return inference::TYPE_INVALID;
   }
 }
 
@@ -94,7 +109,8 @@ TorchScriptArchive ReadTorchScript(const fs::path& file) {
       if ((!code || !path.ends_with(".py")) && !pickle) continue;
       std::string text;
       char buf[1 << 14];
-      for (la_ssize_t n; (n = archive_read_data(a, buf, sizeof buf)) > 0 && text.size() < (64u << 20);) {
+      for (la_ssize_t n;
+           (n = archive_read_data(a, buf, sizeof buf)) > 0 && text.size() < (64u << 20);) {
         text.append(buf, static_cast<size_t>(n));
       }
       if (text.find("ops.quantized.") != std::string::npos ||
@@ -141,7 +157,8 @@ class ModelChecker {
       if (!e.is_directory(ec)) continue;
       const std::string n = e.path().filename().string();
       if (n == "warmup" || n.empty() || n[0] == '.') continue;
-      if (n.size() <= 18 && std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      if (n.size() <= 18 &&
+          std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; })) {
         versions.push_back(std::stoll(n));
       } else {
         not_numeric.push_back(n);
@@ -156,8 +173,9 @@ class ModelChecker {
       std::vector<std::string> warnings;
       auto c = ParseModelConfig(ss.str(), &warnings);
       if (!c.ok()) {
-        return Error(c.status().message(), "correct the syntax (protobuf text format of "
-                                           "inference::ModelConfig)");
+        return Error(c.status().message(),
+                     "correct the syntax (protobuf text format of "
+                     "inference::ModelConfig)");
       }
       config_ = std::move(c).value();
       if (!config_.name().empty() && config_.name() != name_) {
@@ -198,23 +216,25 @@ class ModelChecker {
       if (!platform.empty()) {
         Warning("platform '" + platform + "' is not checked by kiln repo check", "");
       } else {
-        Error("no config.pbtxt naming a platform and no model.onnx or model.pt in " +
-                  latest.string(),
-              "add the model file, or a config.pbtxt with platform or backend");
+        Error(
+            "no config.pbtxt naming a platform and no model.onnx or model.pt in " + latest.string(),
+            "add the model file, or a config.pbtxt with platform or backend");
       }
       return;
     }
     const bool torch = platform == kTorchPlatform;
     if (!has_config) {
       if (torch) {
-        return Error("no config.pbtxt: Triton's PyTorch backend cannot complete a config from a "
-                     "TorchScript file",
-                     "write one (kiln repo write does) with inputs INPUT__0 and outputs OUTPUT__0");
+        return Error(
+            "no config.pbtxt: Triton's PyTorch backend cannot complete a config from a "
+            "TorchScript file",
+            "write one (kiln repo write does) with inputs INPUT__0 and outputs OUTPUT__0");
       }
       if (o_.strict) {
-        return Error("no config.pbtxt (with --disable-auto-complete-config Triton loads nothing "
-                     "without one)",
-                     "write a complete config.pbtxt (kiln repo write does)");
+        return Error(
+            "no config.pbtxt (with --disable-auto-complete-config Triton loads nothing "
+            "without one)",
+            "write a complete config.pbtxt (kiln repo write does)");
       }
       Warning("no config.pbtxt: the model loads only where Triton auto-completes configs",
               "write a complete config.pbtxt (kiln repo write does)");
@@ -274,8 +294,9 @@ class ModelChecker {
   }
 
   bool OnGpu() const {
-    return std::any_of(config_.instance_group().begin(), config_.instance_group().end(),
-                       [](const auto& g) { return g.kind() == inference::ModelInstanceGroup::KIND_GPU; });
+    return std::any_of(
+        config_.instance_group().begin(), config_.instance_group().end(),
+        [](const auto& g) { return g.kind() == inference::ModelInstanceGroup::KIND_GPU; });
   }
 
   // Output label files against the classes (the last dim of the output).
@@ -306,8 +327,8 @@ class ModelChecker {
       const auto it = std::find_if(model.begin(), model.end(),
                                    [&](const Tensor& t) { return t.name == c.name(); });
       if (it == model.end()) {
-        Error(std::string(kind) + " '" + c.name() + "' is not a tensor of " + file +
-                  " (it has " + names + ")",
+        Error(std::string(kind) + " '" + c.name() + "' is not a tensor of " + file + " (it has " +
+                  names + ")",
               "use the model's names in config.pbtxt");
         continue;
       }
@@ -324,8 +345,9 @@ class ModelChecker {
         if (t.shape.empty() || t.shape[0] != -1) {
           Error(std::string(kind) + " '" + c.name() + "': max_batch_size is " +
                     std::to_string(config_.max_batch_size()) + " but the model's shape " +
-                    ShapeText(t.shape) + " has a fixed first dimension (exported with a fixed "
-                                         "batch)",
+                    ShapeText(t.shape) +
+                    " has a fixed first dimension (exported with a fixed "
+                    "batch)",
                 "export the model with a dynamic batch axis, or set max_batch_size: 0 and give "
                 "the full shape in dims");
           continue;
@@ -344,8 +366,7 @@ class ModelChecker {
       } else if (!dims.empty() && !Matches(dims, t.shape)) {
         Error(std::string(kind) + " '" + c.name() + "': dims " + ShapeText(dims) +
                   " differ from the model's shape " + ShapeText(t.shape),
-              "with max_batch_size: 0, dims are the full shape: write dims: " +
-                  ShapeText(t.shape));
+              "with max_batch_size: 0, dims are the full shape: write dims: " + ShapeText(t.shape));
       }
     }
   }
@@ -418,14 +439,16 @@ class ModelChecker {
     const TorchScriptArchive t = ReadTorchScript(file);
     if (!t.zip || !t.has_code) {
       return Error(file.filename().string() + " is not a TorchScript archive" +
-                       (t.zip ? " (a zip without code/: a torch.save() file)" : " (not a zip: a "
-                                                                               "torch.save() pickle)"),
+                       (t.zip ? " (a zip without code/: a torch.save() file)"
+                              : " (not a zip: a "
+                                "torch.save() pickle)"),
                    "save it with torch.jit.script(model).save() or torch.jit.trace(...).save(), or "
                    "export it with kiln export");
     }
     if (t.quantized && OnGpu()) {
-      Error(file.filename().string() + " is a quantized TorchScript model on KIND_GPU: "
-                                       "PyTorch's quantized kernels run on CPU only",
+      Error(file.filename().string() +
+                " is a quantized TorchScript model on KIND_GPU: "
+                "PyTorch's quantized kernels run on CPU only",
             "use kind: KIND_CPU for it, or serve the FP32 model on the GPU");
     }
     auto positional = [&](const char* kind, const auto& list, const char* example) {

@@ -31,10 +31,9 @@ bool IsTorchScript(const fs::path& file) { return file.extension() == ".pt"; }
 
 // Triton model names are folder names: keep them to characters every file system and URL takes.
 bool ValidName(const std::string& name) {
-  return !name.empty() && name[0] != '.' &&
-         std::all_of(name.begin(), name.end(), [](char c) {
-           return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
-         });
+  return !name.empty() && name[0] != '.' && std::all_of(name.begin(), name.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.';
+  });
 }
 
 std::string DimsText(const std::vector<int64_t>& dims) {
@@ -71,8 +70,9 @@ Result<Opened> Open(const ModelSource& m) {
   KILN_ASSIGN_OR_RETURN(auto engine,
                         backend::CreateBackend(o.torchscript ? "libtorch" : "onnxruntime", bo));
   if (engine->inputs().size() != 1 || engine->outputs().size() != 1) {
-    return InvalidArgumentError(m.file.string() + ": Kiln writes models with one input and one "
-                                                  "output");
+    return InvalidArgumentError(m.file.string() +
+                                ": Kiln writes models with one input and one "
+                                "output");
   }
   const auto& in = engine->inputs()[0];
   const auto& out = engine->outputs()[0];
@@ -84,7 +84,8 @@ Result<Opened> Open(const ModelSource& m) {
   }
   o.sample_dims.assign(in.shape.begin() + 1, in.shape.end());
   for (int64_t d : o.sample_dims) {
-    if (d <= 0) return InvalidArgumentError(m.file.string() + ": the input's sample shape is not fixed");
+    if (d <= 0)
+      return InvalidArgumentError(m.file.string() + ": the input's sample shape is not fixed");
   }
   o.classes = out.shape[1];
   // Triton's PyTorch backend finds TorchScript tensors by position: <name>__<index>.
@@ -126,8 +127,8 @@ std::string ConfigText(const WriteOptions& o, const ModelSource& m, const Opened
   const bool openvino = !model.torchscript && engine.backend == "openvino";
   std::ostringstream c;
   const std::vector<int> preferred = PreferredSizes(o);
-  c << "# Written by `kiln repo write` (Kiln " << Version() << ") from " << m.file.string()
-    << " (" << m.variant << ").\n"
+  c << "# Written by `kiln repo write` (Kiln " << Version() << ") from " << m.file.string() << " ("
+    << m.variant << ").\n"
     << "# Complete on its own: Triton and `kiln serve --disable-auto-complete-config` load it as "
        "it is.\n";
   if (!engine.reason.empty()) c << "# Engine: " << engine.reason << "\n";
@@ -151,8 +152,8 @@ std::string ConfigText(const WriteOptions& o, const ModelSource& m, const Opened
     << "dynamic_batching {\n  preferred_batch_size: [ ";
   for (size_t i = 0; i < preferred.size(); ++i) c << (i ? ", " : "") << preferred[i];
   c << " ]\n  max_queue_delay_microseconds: " << o.max_queue_delay_us << "\n}\n"
-    << "instance_group [\n  {\n    count: " << o.instances << "\n    kind: "
-    << (o.gpu ? "KIND_GPU" : "KIND_CPU") << "\n  }\n]\n";
+    << "instance_group [\n  {\n    count: " << o.instances
+    << "\n    kind: " << (o.gpu ? "KIND_GPU" : "KIND_CPU") << "\n  }\n]\n";
   if (!o.gpu) {
     // The threads each instance's engine uses; Triton's ONNX Runtime backend reads the lower-case
     // keys, its PyTorch backend the upper-case ones.
@@ -270,7 +271,8 @@ Status WriteOptions::Validate() const {
     return InvalidArgumentError("--max-batch-size must be in [1, 4096]");
   }
   if (max_queue_delay_us < 0) return InvalidArgumentError("--queue-delay-us must be >= 0");
-  if (instances < 1 || instances > 64) return InvalidArgumentError("--instances must be in [1, 64]");
+  if (instances < 1 || instances > 64)
+    return InvalidArgumentError("--instances must be in [1, 64]");
   if (threads < 1 || threads > 256) return InvalidArgumentError("--threads must be in [1, 256]");
   if (graph_level < -1 || graph_level > 1) {
     return InvalidArgumentError("--graph-level must be -1, 0 or 1");
@@ -434,7 +436,8 @@ Result<std::vector<ModelSource>> SourcesFromManifest(const fs::path& manifest,
       if (skipped != nullptr) skipped->push_back(name + ": " + why);
     };
     if (v.value("status", std::string()) != "ok") {
-      skip("failed its accuracy gate or did not build (" + v.value("error", std::string("?")) + ")");
+      skip("failed its accuracy gate or did not build (" + v.value("error", std::string("?")) +
+           ")");
       continue;
     }
     if (v.contains("peer")) {
@@ -443,8 +446,9 @@ Result<std::vector<ModelSource>> SourcesFromManifest(const fs::path& manifest,
       continue;
     }
     if (name == "fp32-opt") {
-      skip("ONNX Runtime's saved optimized graph is tied to the ONNX Runtime version and CPU "
-           "that wrote it; the FP32 model gets the same optimizations when it loads");
+      skip(
+          "ONNX Runtime's saved optimized graph is tied to the ONNX Runtime version and CPU "
+          "that wrote it; the FP32 model gets the same optimizations when it loads");
       continue;
     }
     if (!v.contains("file") || !v["file"].is_string()) {
@@ -454,7 +458,8 @@ Result<std::vector<ModelSource>> SourcesFromManifest(const fs::path& manifest,
     const bool integer = v.value("precision", std::string("fp32")) != "fp32";
     out.push_back({base + "-" + name, dir / v["file"].get<std::string>(), name, integer});
     if (v.contains("torchscript_file") && v["torchscript_file"].is_string()) {
-      // The FP32 export is "<prefix>-torchscript"; another variant's, "<prefix>-<name>-torchscript".
+      // The FP32 export is "<prefix>-torchscript"; another variant's,
+      // "<prefix>-<name>-torchscript".
       out.push_back({base + (name == "fp32" ? "" : "-" + name) + "-torchscript",
                      dir / v["torchscript_file"].get<std::string>(), "torchscript (" + name + ")",
                      integer});

@@ -5,8 +5,8 @@
 //
 //   repo::WriteOptions o;
 //   o.out = "deploy/models";
-//   KILN_ASSIGN_OR_RETURN(o.models, repo::SourcesFromManifest("runs/x/optimized/manifest.json", ""));
-//   o.warmup_image = image;  // a real sample, preprocessed per model
+//   KILN_ASSIGN_OR_RETURN(o.models, repo::SourcesFromManifest("runs/x/optimized/manifest.json",
+//   "")); o.warmup_image = image;  // a real sample, preprocessed per model
 //   KILN_ASSIGN_OR_RETURN(auto written, repo::WriteRepository(o));
 //   KILN_ASSIGN_OR_RETURN(auto findings, repo::CheckRepository("deploy/models", {}));
 //
