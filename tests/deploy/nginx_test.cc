@@ -7,11 +7,9 @@
 // no threshold). The configuration file is used as committed, with only its addresses and its
 // /tmp and /dev/std* paths rewritten (and, for the throughput rounds only, the rate limit
 // raised: 200 requests/s per client address is the point of the limit, not of the measurement).
-#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,8 +27,6 @@
 #include "../serve/serve_client.h"
 #include "grpc_service.grpc.pb.h"
 #include "kiln/data/image.h"
-
-extern char** environ;
 
 namespace kiln::testing {
 namespace {
@@ -84,32 +80,10 @@ class NginxProcess {
     Write(dir_.path() / "nginx.conf", conf);
     std::vector<std::string> args = {"nginx", "-p", dir + "/", "-c", dir + "/nginx.conf",
                                      "-e", dir + "/error.log", "-g", "daemon off;"};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    const std::string out = dir + "/stdout.log";
-    posix_spawn_file_actions_addopen(&actions, 1, out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    if (posix_spawnp(&pid_, "nginx", &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    if (pid_ < 0) return;
-    for (int i = 0; i < 200; ++i) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        return;
-      }
-      HttpRequest probe;
-      probe.timeout_ms = 1000;
-      probe.fresh_connection = true;
-      if (Http(status_url(), probe).status == 200) {
-        started_ = true;
-        return;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    const Spawned spawned = SpawnUntilAnswering(args, dir_.path() / "stdout.log", status_url(),
+                                                std::chrono::seconds(10));
+    pid_ = spawned.pid;
+    started_ = spawned.answering;
   }
   ~NginxProcess() {
     if (pid_ <= 0) return;

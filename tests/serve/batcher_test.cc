@@ -7,11 +7,14 @@
 #include <gtest/gtest.h>
 
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <fstream>
 #include <future>
 #include <map>
 #include <mutex>
+#include <nlohmann/json.hpp>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +43,7 @@ struct FakeModel {
   int running = 0;
   ManualClock* clock = nullptr;
   Clock::duration compute{};  // each Run advances the clock by this much
+  std::set<int64_t> failing;  // versions whose Run fails (a broken canary)
 
   // Waits (30 s of real time at most, a guard against a hang) until `pred` holds.
   template <typename Pred>
@@ -93,6 +97,11 @@ class FakeBackend : public backend::InferenceBackend {
     ++model_->running;
     model_->cv.notify_all();
     model_->cv.wait(l, [&] { return !model_->hold; });
+    if (model_->failing.count(version_) > 0) {
+      --model_->running;
+      model_->cv.notify_all();
+      return InternalError("version " + std::to_string(version_) + " is broken");
+    }
     for (int64_t i = 0; i < batch; ++i) {
       float sum = 0;
       for (int64_t j = 0; j < kFeatures; ++j) sum += input[i * kFeatures + j];
@@ -167,13 +176,24 @@ class BatcherTest : public ::testing::Test {
   }
 
   // Queues `batch` elements whose values are all `value`; the answer comes in the result.
-  std::shared_ptr<Answer> Submit(float value, int64_t batch = 1) {
+  std::shared_ptr<Answer> Submit(float value, int64_t batch = 1, InferOptions options = {}) {
     auto a = std::make_shared<Answer>();
     engine_->Infer(model_, std::vector<float>(static_cast<size_t>(batch * kFeatures), value),
                    batch, [a](Status s, InferResult r) {
                      a->promise.set_value({std::move(s), std::move(r)});
-                   });
+                   }, options);
     return a;
+  }
+  // The version that answered one request (0 when it failed).
+  int64_t AnsweredBy(float value, const std::string& key = "") {
+    auto [s, r] = Submit(value, 1, {true, key})->Get();
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    return s.ok() ? r.version : 0;
+  }
+  nlohmann::json Routing() {
+    auto r = engine_->Routing("fake");
+    EXPECT_TRUE(r.ok()) << r.status().ToString();
+    return nlohmann::json::parse(r.ok() ? *r : "{}");
   }
 
   void TearDown() override {
@@ -374,6 +394,177 @@ TEST_F(BatcherTest, TheEngineChecksEveryRequestItself) {
                  [big](Status s, InferResult r) { big->promise.set_value({s, r}); });
   EXPECT_EQ(big->Get().first.code(), StatusCode::kInvalidArgument);
   EXPECT_TRUE(fake_.Runs().empty());
+}
+
+// --- traffic between versions (docs/rollout.md) ---------------------------------------------
+
+constexpr const char* kAllVersions = "version_policy: { all {} }\n";
+
+// Versions chosen by weight over many requests: the share of version 2 is 0.25 within 4.5
+// binomial standard deviations (a false failure once in ~150,000 runs); a pinned request is
+// never routed.
+TEST_F(BatcherTest, AWeightedSplitFollowsTheWeights) {
+  WriteModel(kAllVersions, {1, 2});
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting("fake", R"({"weights": {"1": 75, "2": 25}})"));
+  const int n = 2000;
+  int second = 0;
+  for (int i = 0; i < n; ++i) second += AnsweredBy(1.f) == 2 ? 1 : 0;
+  const double sd = std::sqrt(n * 0.25 * 0.75);
+  EXPECT_NEAR(second, n * 0.25, 4.5 * sd);
+  auto v1 = engine_->Find("fake", "1");
+  KILN_ASSERT_RESULT_OK(v1);
+  for (int i = 0; i < 50; ++i) {
+    auto a = std::make_shared<Answer>();
+    engine_->Infer(*v1, std::vector<float>(kFeatures, 1.f), 1,
+                   [a](Status s, InferResult r) { a->promise.set_value({s, r}); },
+                   {/*follow_latest=*/false, ""});
+    EXPECT_EQ(a->Get().second.version, 1);
+  }
+  const auto state = Routing();
+  EXPECT_EQ(state["versions"]["1"]["requests"].get<int>() + state["versions"]["2"]["requests"].get<int>(), n);
+  EXPECT_NE(registry_.Render().find("kiln_routing_weight{model=\"fake\",version=\"2\"} 0.25"),
+            std::string::npos);
+}
+
+TEST_F(BatcherTest, StickyKeysAlwaysReachTheSameVersion) {
+  WriteModel(kAllVersions, {1, 2});
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting("fake", R"({"weights": {"1": 50, "2": 50}})"));
+  std::set<int64_t> seen;
+  for (int k = 0; k < 100; ++k) {
+    const std::string key = "user-" + std::to_string(k);
+    const int64_t first = AnsweredBy(1.f, key);
+    seen.insert(first);
+    for (int i = 0; i < 4; ++i) EXPECT_EQ(AnsweredBy(1.f, key), first) << key;
+  }
+  EXPECT_EQ(seen, (std::set<int64_t>{1, 2}));
+}
+
+// The shadow gets a copy of every request, never answers, and counts the images whose top-1
+// differs from the primary's. Fake outputs are {4 x value, version}: value 0.3 -> top-1 0 on
+// version 1 and 1 on version 2 (they disagree), value 1 -> top-1 0 on both.
+TEST_F(BatcherTest, TheShadowComparesTopOneAndNeverAnswers) {
+  WriteModel(kAllVersions, {1, 2});
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting(
+      "fake", R"({"weights": {"1": 1}, "shadow": {"version": 2, "share": 1.0}})"));
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(AnsweredBy(0.3f), 1);
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(AnsweredBy(1.f), 1);
+  ASSERT_TRUE(Eventually([&] { return Routing()["shadow"]["2"]["requests"] == 20; }))
+      << Routing().dump();
+  const auto shadow = Routing()["shadow"]["2"];
+  EXPECT_EQ(shadow["images"], 20);
+  EXPECT_EQ(shadow["disagreements"], 10);
+  EXPECT_EQ(shadow["dropped"], 0);
+  const std::string text = registry_.Render();
+  EXPECT_NE(text.find("kiln_shadow_disagreement_total{model=\"fake\",version=\"2\"} 10"),
+            std::string::npos) << text;
+}
+
+// Shadow work is dropped first: with the queues over half full no copy is made, and every
+// primary request is still answered.
+TEST_F(BatcherTest, ShadowWorkIsDroppedWhenQueuesFill) {
+  WriteModel(std::string(kAllVersions) + "dynamic_batching { default_queue_policy { max_queue_size: 8 } }\n",
+             {1, 2});
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting(
+      "fake", R"({"weights": {"1": 1}, "shadow": {"version": 2, "share": 1.0}})"));
+  fake_.Hold(true);
+  std::vector<std::shared_ptr<Answer>> answers;
+  for (int i = 0; i < 7; ++i) answers.push_back(Submit(1.f));
+  fake_.Hold(false);
+  for (auto& a : answers) {
+    auto [s, r] = a->Get();
+    EXPECT_TRUE(s.ok()) << s.ToString();
+    EXPECT_EQ(r.version, 1);
+  }
+  const auto shadow = Routing()["shadow"]["2"];
+  EXPECT_GT(shadow["dropped"].get<int>(), 0) << shadow;
+  ASSERT_TRUE(Eventually([&] {
+    const auto s = Routing()["shadow"]["2"];
+    return s["requests"].get<int>() + s["dropped"].get<int>() == 7;
+  })) << Routing().dump();
+}
+
+// A canary that fails is rolled back once its error ratio breaches the bound, and the stable
+// version answers every request meanwhile: no client sees a failure.
+TEST_F(BatcherTest, AFailingCanaryIsRolledBackAndNoRequestFails) {
+  WriteModel(kAllVersions, {1, 2});
+  fake_.failing = {2};
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting(
+      "fake", R"({"weights": {"1": 50, "2": 50}, "rollout": {"canary": 2, "min_requests": 20}})"));
+  int failed = 0;
+  for (int i = 0; i < 200; ++i) failed += AnsweredBy(1.f) == 1 ? 0 : 1;
+  EXPECT_EQ(failed, 0);
+  const auto state = Routing();
+  ASSERT_EQ(state["decisions"].size(), 1u) << state;
+  EXPECT_NE(state["decisions"][0].get<std::string>().find("rollback version 2: error ratio 1.0000"),
+            std::string::npos) << state;
+  EXPECT_EQ(state["versions"]["2"]["requests"], 20);  // rolled back at the 20th
+  EXPECT_EQ(state["versions"]["2"]["fallbacks"], 20);
+  EXPECT_FALSE(state["policy"].contains("rollout"));
+  EXPECT_NE(registry_.Render().find("kiln_rollout_decisions_total{model=\"fake\",version=\"2\",decision=\"rollback\"} 1"),
+            std::string::npos) << registry_.Render();
+}
+
+// A healthy canary is promoted to 100% after min_requests.
+TEST_F(BatcherTest, AHealthyCanaryIsPromoted) {
+  WriteModel(kAllVersions, {1, 2});
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting(
+      "fake", R"({"weights": {"1": 50, "2": 50}, "rollout": {"canary": 2, "min_requests": 30}})"));
+  for (int i = 0; i < 200 && Routing()["decisions"].empty(); ++i) AnsweredBy(1.f);
+  const auto state = Routing();
+  ASSERT_EQ(state["decisions"].size(), 1u) << state;
+  EXPECT_EQ(state["decisions"][0].get<std::string>().rfind("promote version 2", 0), 0u) << state;
+  for (int i = 0; i < 50; ++i) EXPECT_EQ(AnsweredBy(1.f), 2);
+}
+
+// A shadow canary is judged on agreement: rolled back when its top-1 disagrees too often.
+TEST_F(BatcherTest, AShadowCanaryThatDisagreesIsRolledBack) {
+  WriteModel(kAllVersions, {1, 2});
+  Start();
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting(
+      "fake", R"({"weights": {"1": 1}, "shadow": {"version": 2, "share": 1.0},
+                  "rollout": {"canary": 2, "min_requests": 20, "min_agreement": 0.9}})"));
+  for (int i = 0; i < 40; ++i) AnsweredBy(i % 2 ? 0.3f : 1.f);  // half disagree
+  ASSERT_TRUE(Eventually([&] { return !Routing()["decisions"].empty(); })) << Routing().dump();
+  EXPECT_NE(Routing()["decisions"][0].get<std::string>().find("top-1 agreement 0.5"),
+            std::string::npos) << Routing().dump();
+}
+
+// Policies are checked before they replace the one in force; config.pbtxt's applies at load.
+TEST_F(BatcherTest, RoutingPoliciesAreCheckedAndLoadFromTheConfig) {
+  WriteModel(std::string(kAllVersions) +
+                 "parameters { key: \"kiln.routing\" value: { string_value: "
+                 "\"{\\\"weights\\\": {\\\"2\\\": 1}}\" } }\n",
+             {1, 2});
+  Start();
+  EXPECT_EQ(Routing()["policy"]["weights"], nlohmann::json({{"2", 1.0}}));
+  EXPECT_EQ(AnsweredBy(1.f), 2);
+  const std::pair<const char*, const char*> bad[] = {
+      {"not json", "not valid JSON"},
+      {R"({"weights": {"3": 1}})", "version 3 of 'fake' is not READY"},
+      {R"({"weights": {"1": -1}})", "must be a number >= 0"},
+      {R"({"weights": {"1": 0}})", "at least one version needs a weight above 0"},
+      {R"({"weights": {"1": 1}, "shadow": {"version": 1}})", "also takes weighted traffic"},
+      {R"({"weights": {"2": 1}, "rollout": {"canary": 2}})", "no stable version"},
+      {R"({"weights": {"1": 1, "2": 1}, "rollout": {"canary": 2, "min_agreement": 0.9}})",
+       "min_agreement needs the canary as the shadow"},
+      {R"({"weigths": {}})", "unknown field 'weigths'"},
+  };
+  for (const auto& [policy, message] : bad) {
+    auto r = engine_->SetRouting("fake", policy);
+    EXPECT_EQ(r.status().code(), StatusCode::kInvalidArgument) << policy;
+    EXPECT_NE(r.status().message().find(message), std::string::npos)
+        << policy << ": " << r.status().message();
+  }
+  EXPECT_EQ(AnsweredBy(1.f), 2);  // the policy in force stayed
+  EXPECT_EQ(engine_->SetRouting("nope", "{}").status().code(), StatusCode::kNotFound);
+  KILN_ASSERT_RESULT_OK(engine_->SetRouting("fake", "{}"));
+  EXPECT_EQ(AnsweredBy(1.f), 2);  // no policy: the highest READY version
 }
 
 }  // namespace

@@ -6,9 +6,13 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
+#include <thread>
 
 #include "../test_models.h"
 #include "../test_util.h"
@@ -528,6 +532,230 @@ TEST_F(RepoTest, GpuRepositoryIsForTritonOnAGpuHost) {
   ASSERT_TRUE(server.started()) << server.Log();
   EXPECT_NE(server.Log().find("KIND_GPU: this server runs on CPU only"), std::string::npos)
       << server.Log();
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+// --- traffic between versions on a real server (FP32 as version 1, INT8 as version 2) --------
+
+class RoutingTest : public RepoTest {
+ protected:
+  fs::path MakeRepo(const std::string& routing, const std::map<int, std::string>& extra = {}) {
+    const fs::path dir = root_.path() / "models" / "ab";
+    std::string config =
+        "platform: \"onnxruntime_onnx\"\nmax_batch_size: 16\nversion_policy: { all {} }\n"
+        "parameters { key: \"intra_op_thread_count\" value: { string_value: \"1\" } }\n";
+    if (!routing.empty()) {
+      config +=
+          "parameters { key: \"kiln.routing\" value: { string_value: " + json(routing).dump() +
+          " } }\n";
+    }
+    Write(dir / "config.pbtxt", config);
+    Write(dir / "1" / "model.onnx", Read(Optimized() / "fp32.onnx"));
+    Write(dir / "2" / "model.onnx", Read(Optimized() / "int8-static.onnx"));
+    for (const auto& [v, bytes] : extra) Write(dir / std::to_string(v) / "model.onnx", bytes);
+    return root_.path() / "models";
+  }
+  // One KServe request of test images [first, first + n); its status and body.
+  static testing::HttpResult Infer(const ServerProcess& server, int64_t first, int64_t n,
+                                   const std::string& key = "") {
+    json body = {{"inputs",
+                  {{{"name", "input"},
+                    {"shape", {n, 3, 32, 32}},
+                    {"datatype", "FP32"},
+                    {"data", TestImages(first, n)}}}}};
+    HttpRequest req;
+    req.method = "POST";
+    req.body = body.dump();
+    if (!key.empty()) req.headers.push_back("X-Kiln-Routing-Key: " + key);
+    return Http(server.url() + "/v2/models/ab/infer", req);
+  }
+  static json Routing(const ServerProcess& server) {
+    return json::parse(Http(server.url() + "/v2/repository/models/ab/routing").body);
+  }
+  static testing::HttpResult SetRouting(const ServerProcess& server, const std::string& policy) {
+    HttpRequest req;
+    req.method = "POST";
+    req.body = policy;
+    return Http(server.url() + "/v2/repository/models/ab/routing", req);
+  }
+  TempDir root_;
+};
+
+// The policy of config.pbtxt splits requests 70/30: the observed share of version 2 over 300
+// requests is within 4.5 binomial standard deviations of 0.3; a routing key always reaches the
+// same version; every answer says which version gave it.
+TEST_F(RoutingTest, SplitAndStickyKeysOnARealServer) {
+  ServerProcess server(MakeRepo(R"({"weights": {"1": 70, "2": 30}})"), {});
+  ASSERT_TRUE(server.started()) << server.Log();
+  const int n = 300;
+  int second = 0;
+  for (int i = 0; i < n; ++i) {
+    auto r = Infer(server, i % 100, 1);
+    ASSERT_EQ(r.status, 200) << r.body;
+    second += json::parse(r.body)["model_version"] == "2" ? 1 : 0;
+  }
+  EXPECT_NEAR(second, n * 0.3, 4.5 * std::sqrt(n * 0.3 * 0.7));
+  std::set<std::string> seen;
+  for (int k = 0; k < 30; ++k) {
+    const std::string key = "client-" + std::to_string(k);
+    std::set<std::string> versions;
+    for (int i = 0; i < 4; ++i) {
+      auto r = Infer(server, i, 1, key);
+      ASSERT_EQ(r.status, 200) << r.body;
+      versions.insert(json::parse(r.body)["model_version"].get<std::string>());
+    }
+    EXPECT_EQ(versions.size(), 1u) << key;
+    seen.insert(versions.begin(), versions.end());
+  }
+  EXPECT_EQ(seen.size(), 2u);
+  const json state = Routing(server);
+  EXPECT_EQ(
+      state["versions"]["1"]["requests"].get<int>() + state["versions"]["2"]["requests"].get<int>(),
+      n + 120);
+  const std::string metrics = Http(server.metrics_url() + "/metrics").body;
+  EXPECT_NE(metrics.find("kiln_routing_requests_total{model=\"ab\",version=\"2\"}"),
+            std::string::npos);
+  EXPECT_NE(metrics.find("kiln_routing_request_duration_seconds_bucket{model=\"ab\",version=\"1\""),
+            std::string::npos);
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+// A shadow beside FP32: every answer comes from FP32, and the shadow's disagreement counter
+// equals the top-1 disagreements computed offline on the same 400 test images. Shown twice: INT8
+// as the shadow (it agrees with FP32 on nearly every image), and an untrained network of the
+// same shape (it disagrees on most).
+TEST_F(RoutingTest, ShadowDisagreementMatchesTheOfflineCount) {
+  const std::string untrained = testing::MakeRepository()->onnx;
+  Write(dir_->path() / "optimized" / "untrained.onnx", untrained);
+  ServerProcess server(MakeRepo("", {{3, untrained}}), {});
+  ASSERT_TRUE(server.started()) << server.Log();
+  for (const auto& [shadow_version, shadow_file] :
+       std::vector<std::pair<int, std::string>>{{2, "int8-static.onnx"}, {3, "untrained.onnx"}}) {
+    SCOPED_TRACE(shadow_file);
+    const std::string v = std::to_string(shadow_version);
+    auto set = SetRouting(
+        server, R"({"weights": {"1": 1}, "shadow": {"version": )" + v + R"(, "share": 1}})");
+    ASSERT_EQ(set.status, 200) << set.body;
+    const int64_t batch = 8, requests = 50;
+    for (int64_t i = 0; i < requests; ++i) {
+      auto r = Infer(server, i * batch, batch);
+      ASSERT_EQ(r.status, 200) << r.body;
+      EXPECT_EQ(json::parse(r.body)["model_version"], "1");
+    }
+    for (int i = 0; i < 300 && Routing(server)["shadow"][v]["requests"] != requests; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    const json shadow = Routing(server)["shadow"][v];
+    ASSERT_EQ(shadow["requests"], requests) << shadow;
+    // Offline: both engines over the same images in the same batches.
+    int64_t disagree = 0;
+    std::vector<std::unique_ptr<backend::InferenceBackend>> engines;
+    for (const std::string& f : {std::string("fp32.onnx"), shadow_file}) {
+      backend::BackendOptions bo;
+      bo.model_path = (Optimized() / f).string();
+      bo.intra_op_threads = 1;
+      auto e = backend::CreateBackend("onnxruntime", bo);
+      KILN_ASSERT_RESULT_OK(e);
+      engines.push_back(std::move(e).value());
+    }
+    for (int64_t i = 0; i < requests; ++i) {
+      const auto x = TestImages(i * batch, batch);
+      std::vector<float> a(batch * 10), b(batch * 10);
+      KILN_ASSERT_OK(engines[0]->Run(x.data(), batch, a.data()));
+      KILN_ASSERT_OK(engines[1]->Run(x.data(), batch, b.data()));
+      for (int64_t k = 0; k < batch; ++k) {
+        disagree +=
+            std::max_element(a.begin() + k * 10, a.begin() + k * 10 + 10) - a.begin() !=
+                    std::max_element(b.begin() + k * 10, b.begin() + k * 10 + 10) - b.begin()
+                ? 1
+                : 0;
+      }
+    }
+    EXPECT_EQ(shadow["images"], requests * batch);
+    EXPECT_EQ(shadow["disagreements"], disagree);
+    std::cout << "shadow " << shadow_file << ": " << disagree << " of " << requests * batch
+              << " test images disagree with FP32\n";
+    if (shadow_version == 3) {
+      EXPECT_GT(disagree, 0);
+    }
+  }
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+}
+
+// The FP32 model made to fail at run time (a Reshape to [7, -1] first, which no batch of 3072
+// floats per image fills unless it is a multiple of 7), as version 3.
+std::string BrokenAtRunTime(const std::string& bytes) {
+  onnx::ModelProto m;
+  EXPECT_TRUE(m.ParseFromString(bytes));
+  auto* g = m.mutable_graph();
+  const std::string in = g->input(0).name();
+  for (auto& node : *g->mutable_node()) {
+    for (auto& i : *node.mutable_input()) {
+      if (i == in) i = "broken_back";
+    }
+  }
+  auto constant = [&](const std::string& name, std::vector<int64_t> dims) {
+    auto* t = g->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::INT64);
+    t->add_dims(static_cast<int64_t>(dims.size()));
+    for (int64_t d : dims) t->add_int64_data(d);
+  };
+  constant("broken_shape", {7, -1});
+  constant("back_shape", {-1, 3, 32, 32});
+  onnx::NodeProto a, b;
+  a.set_op_type("Reshape");
+  a.add_input(in);
+  a.add_input("broken_shape");
+  a.add_output("broken_7");
+  b.set_op_type("Reshape");
+  b.add_input("broken_7");
+  b.add_input("back_shape");
+  b.add_output("broken_back");
+  // Topological order: the two Reshapes first, then the graph as it was.
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+  *nodes.Add() = a;
+  *nodes.Add() = b;
+  for (const auto& n : g->node()) *nodes.Add() = n;
+  g->mutable_node()->Swap(&nodes);
+  return m.SerializeAsString();
+}
+
+// A canary that fails is rolled back end to end, and while it is, four clients get every
+// answer from the stable version (0 failed requests).
+TEST_F(RoutingTest, AFailingCanaryIsRolledBackWithNoFailedRequest) {
+  const auto models =
+      MakeRepo(R"({"weights": {"1": 50, "3": 50}, "rollout": {"canary": 3, "min_requests": 20}})",
+               {{3, BrokenAtRunTime(Read(Optimized() / "fp32.onnx"))}});
+  ServerProcess server(models, {});
+  ASSERT_TRUE(server.started()) << server.Log();
+  std::atomic<int> ok{0}, failed{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      for (int i = 0; i < 40; ++i) {
+        auto r = Infer(server, (c * 40 + i) % 100, 1);
+        (r.status == 200 && json::parse(r.body)["model_version"] == "1" ? ok : failed)++;
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_EQ(ok.load(), 160);
+  const json state = Routing(server);
+  ASSERT_EQ(state["decisions"].size(), 1u) << state;
+  EXPECT_EQ(state["decisions"][0].get<std::string>().rfind("rollback version 3", 0), 0u) << state;
+  EXPECT_EQ(state["policy"]["weights"], json({{"1", 50.0}}));
+  EXPECT_NE(server.Log().find("canary version 3 rolled back"), std::string::npos);
+  const std::string metrics = Http(server.metrics_url() + "/metrics").body;
+  EXPECT_NE(metrics.find(
+                "kiln_rollout_decisions_total{model=\"ab\",version=\"3\",decision=\"rollback\"} 1"),
+            std::string::npos)
+      << metrics.substr(0, 2000);
+  // The policy is bad input like any other: refused with the reason, the one in force stays.
+  auto bad = SetRouting(server, R"({"weights": {"9": 1}})");
+  EXPECT_EQ(bad.status, 400) << bad.body;
+  EXPECT_NE(bad.body.find("version 9 of 'ab' is not READY"), std::string::npos) << bad.body;
   EXPECT_EQ(server.Terminate(), 0) << server.Log();
 }
 

@@ -125,6 +125,38 @@ int FreePort() {
   return ntohs(addr.sin_port);
 }
 
+Spawned SpawnUntilAnswering(std::vector<std::string> args, const std::filesystem::path& log,
+                            const std::string& url, std::chrono::seconds timeout) {
+  Spawned out;
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_adddup2(&actions, 1, 2);
+  if (posix_spawnp(&out.pid, argv[0], &actions, nullptr, argv.data(), environ) != 0) out.pid = -1;
+  posix_spawn_file_actions_destroy(&actions);
+  if (out.pid < 0) return out;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status = 0;
+    if (waitpid(out.pid, &status, WNOHANG) == out.pid) {
+      out.pid = -1;
+      return out;
+    }
+    HttpRequest probe;
+    probe.timeout_ms = 1000;
+    probe.fresh_connection = true;
+    if (Http(url, probe).status == 200) {
+      out.answering = true;
+      return out;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return out;
+}
+
 ServerProcess::ServerProcess(const std::filesystem::path& repository,
                              const std::vector<std::string>& extra, const ServerPorts& ports,
                              bool grpc_port) {
@@ -145,32 +177,10 @@ ServerProcess::ServerProcess(const std::filesystem::path& repository,
                                    "--metrics-port",  std::to_string(metrics_port_)};
   if (grpc_port) args.insert(args.end(), {"--grpc-port", std::to_string(grpc_port_)});
   args.insert(args.end(), extra.begin(), extra.end());
-  std::vector<char*> argv;
-  for (auto& a : args) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  if (posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ) != 0) pid_ = -1;
-  posix_spawn_file_actions_destroy(&actions);
-  if (pid_ < 0) return;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline) {
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return;
-    }
-    HttpRequest probe;
-    probe.timeout_ms = 1000;
-    probe.fresh_connection = true;
-    if (Http(url() + "/v2/health/live", probe).status == 200) {
-      started_ = true;
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  const Spawned spawned = SpawnUntilAnswering(args, log_, url() + "/v2/health/live",
+                                              std::chrono::seconds(120));
+  pid_ = spawned.pid;
+  started_ = spawned.answering;
 }
 
 ServerProcess::~ServerProcess() {

@@ -4,6 +4,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -36,6 +37,16 @@ struct HttpRequest {
 };
 
 HttpResult Http(const std::string& url, const HttpRequest& request = {});
+
+// Starts `args` (args[0] looked up in PATH) with stdout and stderr into `log`, then asks `url`
+// every 50 ms until it answers 200 or `timeout` passes. `pid` is -1 when the program could not
+// start or exited first; `answering` says whether it came up.
+struct Spawned {
+  pid_t pid = -1;
+  bool answering = false;
+};
+Spawned SpawnUntilAnswering(std::vector<std::string> args, const std::filesystem::path& log,
+                            const std::string& url, std::chrono::seconds timeout);
 
 // A free TCP port on 127.0.0.1 (bound, then released).
 int FreePort();

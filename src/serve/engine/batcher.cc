@@ -285,6 +285,7 @@ void Batcher::Execute(size_t instance, std::vector<std::unique_ptr<QueuedRequest
       results[i].compute_infer_ns = infer_ns;
       results[i].compute_output_ns = out_ns;
       results[i].executed_batch = n;
+      results[i].version = info_->version;
       Deliver(p->done, Status::Ok(), std::move(results[i]));
     } else {
       m_.fail_backend->Add(1);

@@ -75,6 +75,7 @@ class Batcher {
   const std::shared_ptr<const ModelInfo>& info() const { return info_; }
   DriftTracker* drift() const { return drift_.get(); }
   Clock::duration timeout() const { return timeout_; }
+  int64_t max_queue() const { return max_queue_; }
 
   // False when stopping (`request` is left untouched: the caller resolves the model again);
   // otherwise the request is taken: queued, or failed through its callback (Unavailable) when

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <mutex>
 
 #include "batcher.h"
 #include "repository.h"
@@ -36,37 +37,27 @@ class EngineImpl : public Engine {
   }
 
   void Infer(const std::shared_ptr<const ModelInfo>& model, std::vector<float> input,
-             int64_t batch, InferCallback done, bool follow_latest) override {
+             int64_t batch, InferCallback done, const InferOptions& options) override {
     // The engine trusts no caller: the batch buffer is sized for max_batch_size elements.
     if (Status bad = CheckRequestSize(*model, input.size(), batch); !bad.ok()) {
       Deliver(done, bad, {});
       return;
     }
-    auto p = std::make_unique<QueuedRequest>();
-    p->input = std::move(input);
-    p->batch = batch;
-    p->done = std::move(done);
-    p->enqueued = clock_->Now();
-    // A version being replaced refuses new work; resolve again and go to its successor.
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      const bool latest = attempt > 0 && follow_latest;
-      auto v = repository_.Find(model->name, latest ? "" : std::to_string(model->version));
-      if (!v.ok()) {
-        if (attempt == 0 && follow_latest) continue;
-        Deliver(p->done, v.status(), {});
-        return;
-      }
-      if (!CheckRequestSize(*(*v)->info(), p->input.size(), p->batch).ok()) {
-        Deliver(p->done,
-                UnavailableError("model '" + model->name +
-                                 "' changed while the request was prepared; retry"),
-                {});
-        return;
-      }
-      p->deadline = p->enqueued + (*v)->timeout();
-      if ((*v)->Enqueue(p)) return;
+    std::shared_ptr<Traffic> traffic =
+        options.follow_latest ? repository_.TrafficOf(model->name) : nullptr;
+    if (traffic == nullptr) {
+      Submit(model->name, options.follow_latest ? 0 : model->version, std::move(input), batch,
+             std::move(done), options.follow_latest);
+      return;
     }
-    Deliver(p->done, UnavailableError("model '" + model->name + "' is being unloaded"), {});
+    Route(traffic, model, std::move(input), batch, std::move(done), options.routing_key);
+  }
+
+  Result<std::string> Routing(const std::string& name) override {
+    return repository_.Routing(name);
+  }
+  Result<std::string> SetRouting(const std::string& name, const std::string& policy) override {
+    return repository_.SetRouting(name, policy);
   }
 
   std::vector<ModelIndexEntry> Index() override { return repository_.Index(); }
@@ -107,6 +98,130 @@ class EngineImpl : public Engine {
   void Shutdown() override { repository_.Shutdown(); }
 
  private:
+  // Queues the request on `version` (0: the highest READY version). A version being replaced
+  // refuses new work; with `follow_latest` the request resolves again and goes to its successor.
+  void Submit(const std::string& name, int64_t version, std::vector<float> input, int64_t batch,
+              InferCallback done, bool follow_latest) {
+    auto p = std::make_unique<QueuedRequest>();
+    p->input = std::move(input);
+    p->batch = batch;
+    p->done = std::move(done);
+    p->enqueued = clock_->Now();
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      const bool latest = version == 0 || (attempt > 0 && follow_latest);
+      auto v = repository_.Find(name, latest ? "" : std::to_string(version));
+      if (!v.ok()) {
+        if (attempt == 0 && follow_latest && version != 0) continue;
+        Deliver(p->done, v.status(), {});
+        return;
+      }
+      if (!CheckRequestSize(*(*v)->info(), p->input.size(), p->batch).ok()) {
+        Deliver(p->done,
+                UnavailableError("model '" + name + "' changed while the request was prepared; "
+                                 "retry"),
+                {});
+        return;
+      }
+      p->deadline = p->enqueued + (*v)->timeout();
+      if ((*v)->Enqueue(p)) return;
+    }
+    Deliver(p->done, UnavailableError("model '" + name + "' is being unloaded"), {});
+  }
+
+  // The top-1 index of each of `batch` rows.
+  static std::vector<int64_t> Top1(const std::vector<float>& output, int64_t batch) {
+    std::vector<int64_t> top;
+    if (batch <= 0 || output.empty()) return top;
+    const int64_t width = static_cast<int64_t>(output.size()) / batch;
+    for (int64_t b = 0; b < batch; ++b) {
+      const auto row = output.begin() + b * width;
+      top.push_back(std::max_element(row, row + width) - row);
+    }
+    return top;
+  }
+
+  // Both sides of a shadowed request: compared when the second one finishes.
+  struct ShadowPair {
+    std::mutex mu;
+    int sides = 0;
+    bool primary_ok = false, shadow_ok = false;
+    std::vector<int64_t> primary, shadow;
+  };
+  static void Compare(Traffic& traffic, int64_t version, ShadowPair& pair, double seconds) {
+    int64_t images = 0, disagreements = 0;
+    if (pair.primary_ok && pair.shadow_ok && pair.primary.size() == pair.shadow.size()) {
+      images = static_cast<int64_t>(pair.primary.size());
+      for (size_t i = 0; i < pair.primary.size(); ++i) {
+        disagreements += pair.primary[i] != pair.shadow[i] ? 1 : 0;
+      }
+    }
+    traffic.RecordShadow(version, pair.shadow_ok, seconds, images, disagreements);
+  }
+
+  // A request without a version under a routing policy: the arm it picks, a shadow copy when
+  // the queues have room (shadow work is dropped first), and for a failing canary the answer
+  // of the fallback version, so that a bad canary costs no client a failed request.
+  void Route(const std::shared_ptr<Traffic>& traffic, const std::shared_ptr<const ModelInfo>& model,
+             std::vector<float> input, int64_t batch, InferCallback done, const std::string& key) {
+    const int64_t arm = traffic->Pick(key);
+    const int64_t shadow = traffic->Shadow(key);
+    std::shared_ptr<ShadowPair> pair;
+    if (shadow > 0 && shadow != arm) {
+      auto primary = repository_.Find(model->name, arm > 0 ? std::to_string(arm) : "");
+      auto mirror = repository_.Find(model->name, std::to_string(shadow));
+      if (primary.ok() && mirror.ok() && (*primary)->Pending() * 2 < (*primary)->max_queue() &&
+          (*mirror)->Pending() * 2 < (*mirror)->max_queue()) {
+        pair = std::make_shared<ShadowPair>();
+        const auto start = clock_->Now();
+        Submit(model->name, shadow, input, batch,
+               [this, traffic, pair, shadow, start, batch](Status s, InferResult r) {
+                 const double secs = Seconds(start);
+                 std::lock_guard l(pair->mu);
+                 pair->shadow_ok = s.ok();
+                 if (s.ok()) pair->shadow = Top1(r.output, batch);
+                 if (++pair->sides == 2) Compare(*traffic, shadow, *pair, secs);
+               },
+               /*follow_latest=*/false);
+      } else {
+        traffic->RecordShadowDropped(shadow);
+      }
+    }
+    const int64_t fallback = arm > 0 ? traffic->Fallback(arm) : 0;
+    std::vector<float> kept;
+    if (arm > 0 && traffic->KeepsInput(arm)) kept = input;
+    const auto start = clock_->Now();
+    Submit(model->name, arm, std::move(input), batch,
+           [this, traffic, pair, arm, shadow, fallback, start, batch, name = model->name,
+            kept = std::move(kept), done = std::move(done)](Status s, InferResult r) mutable {
+             if (pair) {
+               std::lock_guard l(pair->mu);
+               pair->primary_ok = s.ok();
+               if (s.ok()) pair->primary = Top1(r.output, batch);
+               if (++pair->sides == 2) Compare(*traffic, shadow, *pair, Seconds(start));
+             }
+             // A canary's server-side failure is answered by the fallback version; a request
+             // the model refuses (InvalidArgument) would fail there too.
+             if (!s.ok() && arm > 0 && !kept.empty() && s.code() != StatusCode::kInvalidArgument) {
+               traffic->RecordPrimary(arm, false, Seconds(start), /*fell_back=*/true);
+               Submit(name, fallback, std::move(kept), batch, std::move(done),
+                      /*follow_latest=*/true);
+               return;
+             }
+             // An arm that was not READY sent its request on to the highest READY version:
+             // the answer stands, and the arm is charged with an error and a fallback.
+             if (arm > 0) {
+               const bool elsewhere = s.ok() && r.version != arm;
+               traffic->RecordPrimary(arm, s.ok() && !elsewhere, Seconds(start), elsewhere);
+             }
+             Deliver(done, std::move(s), std::move(r));
+           },
+           /*follow_latest=*/true);
+  }
+
+  double Seconds(Clock::time_point start) const {
+    return std::chrono::duration<double>(clock_->Now() - start).count();
+  }
+
   Clock* const clock_;  // the batchers' clock (EngineOptions::clock)
   ModelRepository repository_;
 };

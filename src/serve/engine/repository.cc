@@ -601,6 +601,19 @@ Status ModelRepository::LoadModel(const std::string& name,
     }
   }
   for (const auto& w : warnings) std::cerr << "kiln serve: model '" << name << "': " << w << "\n";
+  std::optional<RoutingPolicy> routing;
+  if (failure.ok()) {
+    auto it = config.parameters().find(kRoutingParameter);
+    if (it != config.parameters().end()) {
+      auto policy = ParseRoutingPolicy(it->second.string_value());
+      if (policy.ok()) {
+        routing = std::move(policy).value();
+      } else {
+        failure = InvalidArgumentError(std::string("parameters ") + kRoutingParameter + ": " +
+                                       policy.status().message());
+      }
+    }
+  }
   std::vector<int64_t> found;
   if (failure.ok()) {
     for (const auto& e : fs::directory_iterator(dir, ec)) {
@@ -653,6 +666,18 @@ Status ModelRepository::LoadModel(const std::string& name,
   for (const auto& [v, s] : entry.versions) {
     if (s.model) std::cerr << "kiln serve: model '" << name << "' version " << v << " READY\n";
   }
+  if (routing) {
+    for (int64_t v : routing->Versions()) {
+      auto it = entry.versions.find(v);
+      if (it == entry.versions.end() || !it->second.model) {
+        std::cerr << "kiln serve: model '" << name << "': the routing policy names version " << v
+                  << ", which is not READY (its requests go to the fallback version)\n";
+      }
+    }
+    entry.traffic = std::make_shared<Traffic>(name, *routing, registry_);
+    std::cerr << "kiln serve: model '" << name << "': routing " << RoutingPolicyJson(*routing)
+              << "\n";
+  }
   // This load's outcome: some version of the new state is READY, or why none is.
   const bool any_ready = std::any_of(entry.versions.begin(), entry.versions.end(),
                                      [](const auto& v) { return v.second.model != nullptr; });
@@ -676,6 +701,7 @@ Status ModelRepository::LoadModel(const std::string& name,
                   << " keeps serving: the new state of the model failed to load\n";
         entry.versions[v] = std::move(state);
       }
+      if (!entry.traffic) entry.traffic = old.traffic;
     }
     slot = std::move(entry);
     PublishReady(name, old, slot);
@@ -700,6 +726,52 @@ void ModelRepository::UnloadModel(const std::string& name, const std::string& re
   Retire(old);
 }
 
+
+std::shared_ptr<Traffic> ModelRepository::TrafficOf(const std::string& name) {
+  std::lock_guard l(mu_);
+  auto it = models_.find(name);
+  return it == models_.end() ? nullptr : it->second.traffic;
+}
+
+Result<std::string> ModelRepository::Routing(const std::string& name) {
+  std::lock_guard l(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end() || !it->second.loaded) return NotFoundError("unknown model '" + name + "'");
+  if (it->second.traffic) return it->second.traffic->StateJson();
+  return Traffic(name, {}, registry_).StateJson();
+}
+
+Result<std::string> ModelRepository::SetRouting(const std::string& name,
+                                                const std::string& policy_json) {
+  KILN_ASSIGN_OR_RETURN(RoutingPolicy policy, ParseRoutingPolicy(policy_json));
+  std::lock_guard load_lock(load_mu_);  // not while the model (re)loads
+  std::lock_guard l(mu_);
+  auto it = models_.find(name);
+  if (it == models_.end() || !it->second.loaded) return NotFoundError("unknown model '" + name + "'");
+  const ModelEntry& e = it->second;
+  const ModelInfo* first = nullptr;
+  for (int64_t v : policy.Versions()) {
+    auto vit = e.versions.find(v);
+    if (vit == e.versions.end() || !vit->second.model) {
+      return InvalidArgumentError("routing: version " + std::to_string(v) + " of '" + name +
+                                  "' is not READY (a policy may name only loaded versions; "
+                                  "version_policy decides which load)");
+    }
+    const ModelInfo& info = *vit->second.model->info();
+    if (first == nullptr) first = &info;
+    if (info.input_dims != first->input_dims || info.output_dims != first->output_dims ||
+        info.max_batch_size != first->max_batch_size) {
+      return InvalidArgumentError("routing: versions " + std::to_string(first->version) + " and " +
+                                  std::to_string(v) + " take or give different shapes");
+    }
+  }
+  const bool empty = policy.weights.empty() && policy.shadow_version == 0 && !policy.rollout;
+  it->second.traffic = empty ? nullptr : std::make_shared<Traffic>(name, policy, registry_);
+  std::cerr << "kiln serve: model '" << name << "': routing set to "
+            << RoutingPolicyJson(policy) << "\n";
+  return it->second.traffic ? it->second.traffic->StateJson()
+                            : Traffic(name, {}, registry_).StateJson();
+}
 
 // Old versions finish their queued requests (new ones go to the successor), then stop.
 void ModelRepository::Retire(ModelEntry& old) {

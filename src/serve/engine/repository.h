@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "batcher.h"
+#include "traffic.h"
 #include "kiln/serve/engine/engine.h"
 #include "kiln/serve/metrics/metrics.h"
 
@@ -46,6 +47,11 @@ class ModelRepository {
   // versions serving go on serving.
   Status Load(const std::string& name, const std::optional<std::string>& config_json);
   Status Unload(const std::string& name);
+  // The model's traffic policy (null when it has none, or the model is unknown).
+  std::shared_ptr<Traffic> TrafficOf(const std::string& name);
+  // Engine::Routing / SetRouting.
+  Result<std::string> Routing(const std::string& name);
+  Result<std::string> SetRouting(const std::string& name, const std::string& policy_json);
   // Stops polling and every version (each finishes its queued requests). Idempotent.
   void Shutdown();
 
@@ -60,6 +66,7 @@ class ModelRepository {
     std::string reason;  // model-level failure (bad config, no versions) or "unloaded"
     std::string fingerprint;
     bool loaded = false;
+    std::shared_ptr<Traffic> traffic;  // null: the highest READY version takes every request
   };
 
   std::vector<std::string> ScanNames() const;

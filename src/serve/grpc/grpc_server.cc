@@ -88,7 +88,22 @@ struct Prepared {
   std::string id;
   int64_t classification = 0;  // k > 0: the output as "<value>:<index>[:<label>]" strings
   bool follow_latest = true;   // the client named no version
+  std::string routing_key;     // sticky routing between versions ("" = random)
 };
+
+// The request's sticky-routing key: its parameter "routing_key" (string_param), else the call's
+// metadata x-kiln-routing-key (HTTP's X-Kiln-Routing-Key), else "".
+std::string RoutingKey(const grpc::ServerContext* ctx, const inference::ModelInferRequest& req) {
+  const auto it = req.parameters().find("routing_key");
+  if (it != req.parameters().end() &&
+      it->second.parameter_choice_case() == inference::InferParameter::kStringParam) {
+    return it->second.string_param();
+  }
+  if (ctx == nullptr) return "";
+  const auto& md = ctx->client_metadata();
+  const auto m = md.find("x-kiln-routing-key");
+  return m == md.end() ? "" : std::string(m->second.data(), m->second.size());
+}
 
 // Checks a ModelInferRequest against the model as the HTTP frontend checks a JSON request (one
 // FP32 input of the model's name and shape, batch dimension included when max_batch_size > 0)
@@ -161,7 +176,7 @@ Result<Prepared> Prepare(Engine* engine, const inference::ModelInferRequest& req
 void BuildResponse(const Prepared& p, const InferResult& r, inference::ModelInferResponse* out) {
   const ModelInfo& m = *p.model;
   out->set_model_name(m.name);
-  out->set_model_version(std::to_string(m.version));
+  out->set_model_version(std::to_string(r.version > 0 ? r.version : m.version));
   out->set_id(p.id);
   auto* tensor = out->add_outputs();
   tensor->set_name(m.output_name);
@@ -274,7 +289,7 @@ class Service final : public inference::GRPCInferenceService::Service {
           [done](Status s, InferResult r) {
             done->set_value(Outcome{std::move(s), std::move(r)});
           },
-          p->follow_latest);
+          InferOptions{p->follow_latest, RoutingKey(ctx, *req)});
       while (future.wait_for(kCancelPoll) != std::future_status::ready) {
         if (ctx->IsCancelled()) {
           return grpc::Status(grpc::StatusCode::CANCELLED, "the client cancelled the request");
@@ -299,7 +314,7 @@ class Service final : public inference::GRPCInferenceService::Service {
           stream) override {
     return Guard([&] {
       auto st = std::make_shared<StreamState>();
-      std::thread reader([this, st, stream] { ReadStream(st, stream); });
+      std::thread reader([this, st, stream, ctx] { ReadStream(st, stream, ctx); });
       struct Joiner {  // joins the reader on every way out, exceptions included
         std::thread& t;
         ~Joiner() {
@@ -454,7 +469,8 @@ class Service final : public inference::GRPCInferenceService::Service {
 
   void ReadStream(const std::shared_ptr<StreamState>& st,
                   grpc::ServerReaderWriter<inference::ModelStreamInferResponse,
-                                           inference::ModelInferRequest>* stream) noexcept {
+                                           inference::ModelInferRequest>* stream,
+                  const grpc::ServerContext* ctx) noexcept {
     auto finish = [st](Finished f, bool was_outstanding) {
       std::lock_guard l(st->mu);
       if (was_outstanding) --st->outstanding;
@@ -486,6 +502,7 @@ class Service final : public inference::GRPCInferenceService::Service {
           continue;
         }
         std::vector<float> input = std::move(p->input);
+        p->routing_key = RoutingKey(ctx, req);
         auto request = std::make_shared<const Prepared>(std::move(*p));
         {
           std::lock_guard l(st->mu);
@@ -499,7 +516,7 @@ class Service final : public inference::GRPCInferenceService::Service {
               finish({request, std::move(s), std::move(r), request->model->name, request->id},
                      true);
             },
-            request->follow_latest);
+            InferOptions{request->follow_latest, request->routing_key});
       }
     } catch (const std::exception& e) {
       finish({nullptr, InternalError(std::string("internal error: ") + e.what()), {}, "", ""},

@@ -156,7 +156,9 @@ Result<InferRequest> ParseInferRequest(const ModelInfo& m, std::string_view body
 }
 
 Response FormatInferResponse(const ModelInfo& m, const InferRequest& req, const InferResult& r) {
-  json out = {{"model_name", m.name}, {"model_version", std::to_string(m.version)}};
+  // The version that answered (a routing policy may have chosen another than `m`).
+  json out = {{"model_name", m.name},
+              {"model_version", std::to_string(r.version > 0 ? r.version : m.version)}};
   if (!req.id.is_null()) out["id"] = req.id;
   json o = {{"name", m.output_name}};
   std::string blob;

@@ -37,6 +37,9 @@ struct Request {
   std::string Header(std::string_view name) const;
 };
 
+// Sticky routing between a model's versions: requests with the same key reach the same version.
+inline constexpr const char* kRoutingKeyHeader = "X-Kiln-Routing-Key";
+
 // Splits "path?a=1&b=2" into req->path and req->query.
 void ParseTarget(std::string_view target, Request* req);
 

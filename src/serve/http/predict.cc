@@ -106,7 +106,7 @@ void Router::Predict(Request req, Reply reply) {
             std::chrono::duration<double, std::milli>(Clock::now() - start).count();
         window_.Add(total_ms / 1000.0, 1);
         reply(Json({{"model_name", mi.name},
-                    {"model_version", std::to_string(mi.version)},
+                    {"model_version", std::to_string(r.version > 0 ? r.version : mi.version)},
                     {"predictions", preds},
                     {"decode_ms", decode_ms},
                     {"preprocess_ms", preprocess_ms},
@@ -115,7 +115,7 @@ void Router::Predict(Request req, Reply reply) {
                     {"batch_size", r.executed_batch},
                     {"total_ms", total_ms}}));
       },
-      version.empty());
+      InferOptions{version.empty(), req.Header(kRoutingKeyHeader)});
 }
 
 }  // namespace kiln::serve::rest

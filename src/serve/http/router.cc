@@ -167,6 +167,26 @@ void Router::Dispatch(Request req, Reply reply, bool metrics_only, std::string* 
         return RepositoryControl(name, load, body);
       });
     }
+    // Kiln's routing extension: the traffic policy between a model's versions (GET: the policy
+    // with per-version counts and decisions; POST: replace it). docs/rollout.md.
+    if (seg.size() == 6 && seg[3] == "models" && seg[5] == "routing") {
+      *handler = "/v2/repository/models/{model}/routing";
+      const std::string name = PercentDecode(seg[4]);
+      if (m == "GET") {
+        return Post(observer_, std::move(reply), [this, name] {
+          auto r = engine_->Routing(name);
+          return r.ok() ? Response{200, "application/json", *r, {}} : Error(r.status());
+        });
+      }
+      if (!only("POST")) return;
+      return Post(control_, std::move(reply), [this, name, body = std::move(req.body)] {
+        if (static_cast<int64_t>(body.size()) > json_limits().max_bytes) {
+          return Error(413, "routing policy over --max-json-bytes");
+        }
+        auto r = engine_->SetRouting(name, body);
+        return r.ok() ? Response{200, "application/json", *r, {}} : Error(r.status());
+      });
+    }
     *handler = "other";
     return reply(Error(404, "no such endpoint: " + path));
   }
@@ -382,7 +402,7 @@ void Router::Infer(Request req, const std::string& model_name, const std::string
                 out(std::move(resp));
               });
       },
-      /*follow_latest=*/version.empty());
+      InferOptions{version.empty(), req.Header(kRoutingKeyHeader)});
 }
 
 // Triton's load / unload body: {"parameters": {...}}. Load takes "config" (a JSON ModelConfig

@@ -98,6 +98,17 @@ struct InferResult {
   int64_t batch = 0;
   int64_t queue_ns = 0, compute_input_ns = 0, compute_infer_ns = 0, compute_output_ns = 0;
   int64_t executed_batch = 0;  // size of the batch this request ran in
+  int64_t version = 0;         // the version that answered (routing may choose another)
+};
+
+// How a request is routed among a model's versions.
+struct InferOptions {
+  // The client named no version: the model's routing policy (or the highest READY version)
+  // chooses, and a request that meets a version being replaced goes to the new one.
+  bool follow_latest = true;
+  // Sticky routing: requests with the same key reach the same version while the weights stay
+  // (HTTP header X-Kiln-Routing-Key, gRPC metadata x-kiln-routing-key). Empty: random.
+  std::string routing_key;
 };
 using InferCallback = std::function<void(Status, InferResult)>;
 
@@ -192,11 +203,13 @@ class Engine {
   // Queues `batch` elements (input holds batch * input_elements floats, or exactly the config's
   // shape for max_batch_size 0). `done` is called exactly once. The engine checks the request
   // itself (batch in [1, max_batch_size], the input's size): a wrong one fails with
-  // InvalidArgument, whoever the caller. With `follow_latest` (the
-  // client named no version), a request that meets a version being replaced goes to the new
-  // latest version instead of failing.
+  // InvalidArgument, whoever the caller. With `options.follow_latest` (the client named no
+  // version) the model's routing policy picks the version (weighted, sticky on the routing key),
+  // may copy the input to a shadow version, and answers a failed canary request from the
+  // stable version; without a policy the highest READY version answers. InferResult::version
+  // says which version did.
   virtual void Infer(const std::shared_ptr<const ModelInfo>& model, std::vector<float> input,
-                     int64_t batch, InferCallback done, bool follow_latest = true) = 0;
+                     int64_t batch, InferCallback done, const InferOptions& options = {}) = 0;
 
   virtual std::vector<ModelIndexEntry> Index() = 0;
   // Repository extension. In mode none/poll: InvalidArgument (as Triton). `config_json`:
@@ -213,6 +226,15 @@ class Engine {
   // The drift window of a model version ("" = the highest READY one). NotFound/Unavailable as
   // Find; Unavailable when drift tracking is off.
   virtual Result<DriftReport> Drift(const std::string& name, const std::string& version) = 0;
+  // Traffic between a model's versions (docs/rollout.md): the routing policy, per version its
+  // requests, errors, fallbacks and p99, the shadow's comparisons and the rollout decisions, as
+  // JSON. NotFound for an unknown model.
+  virtual Result<std::string> Routing(const std::string& name) = 0;
+  // Replaces the policy (the JSON of ParseRoutingPolicy; "{}" routes everything to the highest
+  // READY version again). Every version it names must be READY, and the versions must take the
+  // same input and give the same output. InvalidArgument / NotFound; the old policy stays then.
+  // A later load of the model takes the policy of its config again.
+  virtual Result<std::string> SetRouting(const std::string& name, const std::string& policy_json) = 0;
   // Requests queued or running, over all models.
   virtual int64_t Pending() = 0;
   // Stops polling, finishes every queued request, joins all threads. Idempotent.
