@@ -873,8 +873,8 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
          "ci95_ms: a 95% confidence interval of the median latency from the rounds' medians "
          "(mean +- t(0.975, rounds-1) x sd / sqrt(rounds)); it widens with drift between rounds "
          "but cannot see drift between runs. Two runs of this benchmark agree on a cell when "
-         "their intervals overlap (bench/compare_reports.py checks two report.json files, on "
-         "ratios and on absolute latencies)"},
+         "their intervals overlap (bench/compare_reports.py checks two report.json files on the "
+         "latency intervals; the speedups' ci95 can be compared the same way)"},
         {"accuracy",
          "every (variant, engine) pair runs the first " + std::to_string(o.accuracy_images) +
              " test images once, outside the timing; agreement is top-1 agreement with ONNX "

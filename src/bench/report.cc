@@ -293,7 +293,8 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
        << "interleaved with it in every round (reference, the column's cells, reference), as the "
        << "mean of the rounds' ratios with its 95% confidence interval. Absolute images/s move with "
        << "the machine (two runs 50 minutes apart on the AMD development machine differed by ~10%); "
-       << "these ratios do not, so compare runs by them (`bench/compare_reports.py` judges both). "
+       << "these ratios do not, so compare runs by them (`bench/compare_reports.py` compares the "
+       << "latency intervals of two reports). "
        << "Accuracy: test images through this engine (see \"Accuracy by engine\"; \"(manifest)\": "
        << "from `kiln optimize`, through ONNX Runtime).\n\n";
     if (report.contains("drift")) {
