@@ -3,12 +3,12 @@
 
 Two judgements:
 
-- Ratios (the verdict). Each cell carries `ratio`: its images/s over those of the reference cell
-  (FP32 on ONNX Runtime, same threads and batch) measured in the same rounds, with `ratio.ci95`,
-  the 95% interval of the rounds' ratios. Drift of the whole machine moves a cell and its
+- Speedups (the verdict). Each cell carries `speedup`: its images/s over those of the reference
+  cell (FP32 on ONNX Runtime, same threads and batch) measured interleaved with it in every round
+  (`value`, the mean of the rounds' ratios, and `ci95`, their 95% interval). Drift of the whole machine moves a cell and its
   reference together, so two runs of the same code on the same machine should agree on every
   ratio: the intervals must overlap (one round each: the ratios must be within the larger
-  spread of the two cells' round medians, relative). Exit code 1 when a ratio disagrees.
+  spread of the two cells' round medians, relative). Exit code 1 when a speedup disagrees.
 - Absolute medians (informational, unless the reports carry no ratios, as reports from before
   ratios existed do: then they are the verdict). `ci95_ms` intervals overlap, else, for one
   round, |median_a - median_b| <= the larger range of the round medians (or p90 - median).
@@ -51,18 +51,25 @@ def inside(a, b):
             and b["ci95_ms"][0] <= a["median_ms"] <= b["ci95_ms"][1])
 
 
-def is_reference(cell):
-    return f'{cell["variant"]} / {cell["engine"]}' == cell["ratio"]["reference"]
+def reference_of(cells_):
+    for c in cells_.values():
+        if "speedup" in c:
+            return c["speedup"]["reference"]
+    return None
+
+
+def is_reference(cell, reference):
+    return f'{cell["variant"]} / {cell["engine"]}' == reference
 
 
 def ratio_agree(a, b):
-    ra, rb = a["ratio"], b["ratio"]
+    ra, rb = a["speedup"], b["speedup"]
     if "ci95" in ra and "ci95" in rb:
         (la, ha), (lb, hb) = ra["ci95"], rb["ci95"]
         return la <= hb and lb <= ha
     # One round: the ratio's relative error is at most about the two cells' relative spreads.
     tolerance = max(spread_of(a) / a["median_ms"], spread_of(b) / b["median_ms"])
-    return abs(ra["median"] - rb["median"]) <= tolerance * max(ra["median"], rb["median"])
+    return abs(ra["value"] - rb["value"]) <= tolerance * max(ra["value"], rb["value"])
 
 
 def pct(values, q):
@@ -89,31 +96,32 @@ def main():
     print(f"{n} cells in both reports")
 
     # Ratios: the verdict.
-    rated = [k for k in common
-             if "ratio" in a[k] and "ratio" in b[k] and not is_reference(a[k])]
+    reference = reference_of(a)
+    rated = [k for k in common if "speedup" in a[k] and "speedup" in b[k]
+             and not is_reference(a[k], reference)]
     ratio_bad, ratio_rel = [], []
     for k in rated:
-        ra, rb = a[k]["ratio"]["median"], b[k]["ratio"]["median"]
+        ra, rb = a[k]["speedup"]["value"], b[k]["speedup"]["value"]
         ratio_rel.append(abs(ra - rb) / max(ra, rb))
         if not ratio_agree(a[k], b[k]):
             ratio_bad.append(k)
     if rated:
         m = len(rated)
-        print(f"ratios to the reference agree: {m - len(ratio_bad)}/{m} "
+        print(f"speedups over the reference ({reference}) agree: {m - len(ratio_bad)}/{m} "
               f"({100.0 * (m - len(ratio_bad)) / m:.1f}%); relative difference of the ratios: "
               f"median {100 * statistics.median(ratio_rel):.2f}%, p90 {100 * pct(ratio_rel, 0.9):.2f}%, "
               f"max {100 * max(ratio_rel):.2f}%")
         for k in ratio_bad:
-            x, y = a[k]["ratio"], b[k]["ratio"]
-            print(f"  ratio disagrees: {k}: {x['median']:.3f} {x.get('ci95', '')} vs "
-                  f"{y['median']:.3f} {y.get('ci95', '')}")
+            x, y = a[k]["speedup"], b[k]["speedup"]
+            print(f"  speedup disagrees: {k}: {x['value']:.3f} {x.get('ci95', '')} vs "
+                  f"{y['value']:.3f} {y.get('ci95', '')}")
     else:
-        print("no ratios in these reports (made before kiln bench measured them): "
+        print("no speedups in these reports (made before kiln bench measured them): "
               "the absolute medians are the verdict")
 
     # Absolute medians and the drift between the runs.
     drift = [b[k]["median_ms"] / a[k]["median_ms"] - 1 for k in common
-             if "ratio" in a[k] and is_reference(a[k])]
+             if reference and is_reference(a[k], reference)]
     if drift:
         print(f"drift between the runs (reference cells, latency of b over a): median "
               f"{100 * statistics.median(drift):+.1f}%, from {100 * min(drift):+.1f}% to "

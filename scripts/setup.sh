@@ -3,7 +3,8 @@
 # run only checks. Needs root (or sudo) for apt-get and update-alternatives.
 #
 #   scripts/setup.sh                install system packages, provision ONNX Runtime, create .venv,
-#                                   Node packages and kustomize
+#                                   provision OpenVINO from its pinned wheel, Node packages and
+#                                   kustomize
 #   scripts/setup.sh --check        only report what is missing; exit 1 if anything is
 #   scripts/setup.sh --serve-build  only what building the serving side needs (the container
 #                                   image's build stage, deploy/Dockerfile): the toolchain, the
@@ -20,8 +21,9 @@
 #     the system. The ORT C API is versioned, so 1.21 headers work with the 1.30 library.
 # Where a system ONNX Runtime exists (e.g. Debian 13's libonnxruntime-dev), it is used instead.
 # Python tools from PyPI go into the project's virtual environment .venv/, pinned with hashes in
-# scripts/python/requirements.txt. kustomize (deploy/k8s tests) is built from the Go module proxy
-# into third_party/kustomize/ with the machine's Go.
+# scripts/python/requirements.txt; OpenVINO's C++ runtime for the build is unpacked from that
+# file's pinned openvino wheel into third_party/openvino. kustomize (deploy/k8s tests) is built
+# from the Go module proxy into third_party/kustomize/ with the machine's Go.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,7 +32,7 @@ SERVE_BUILD=0
 case "${1:-}" in
   --check) CHECK_ONLY=1 ;;
   --serve-build) SERVE_BUILD=1 ;;
-  -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) echo "setup.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
 esac
@@ -258,6 +260,51 @@ else
   "$VENV/bin/pip" install -q --no-input --require-hashes --no-deps -r "$REQ"
   echo "$REQ_SUM" > "$VENV/.requirements.sha256"
   say "Python tools installed into .venv"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4b. OpenVINO's C/C++ runtime for the build (the `openvino` engine), from the same pinned wheel
+# as .venv's: `pip download` fetches openvino==<pinned> with --require-hashes against the hashes
+# in scripts/python/requirements.txt, and the wheel's own CMake package, headers and libraries
+# (openvino/cmake, openvino/include, openvino/libs) are unpacked into third_party/openvino
+# (git-ignored) in the wheel's layout, which the CMake package expects; CMakeLists.txt finds it
+# there. Left out: the GPU and NPU plugins and the GPU kernel cache (Kiln runs on the CPU). The
+# wheel's libstdc++ ABI is the new one (OpenVINO_GLIBCXX_USE_CXX11_ABI "1"), like Kiln's, so the
+# C++ API is used (docs/decisions.md, "OpenVINO"). Not in --serve-build (no .venv there): the
+# serving image's kiln is built without OpenVINO.
+# ---------------------------------------------------------------------------------------------
+OV_VERSION="$(awk -F'[= ]+' '/^openvino==/{print $2; exit}' "$REQ")"
+OV_DIR="$ROOT/third_party/openvino"
+OV_STAMP="$OV_DIR/.provisioned-${OV_VERSION}"
+if [ -f "$OV_STAMP" ] && [ -f "$OV_DIR/openvino/cmake/OpenVINOConfig.cmake" ] \
+    && [ -f "$OV_DIR/openvino/include/openvino/openvino.hpp" ]; then
+  say "OpenVINO ${OV_VERSION}: already provisioned in third_party/openvino"
+else
+  [ "$CHECK_ONLY" -eq 1 ] && { echo "OpenVINO not provisioned in third_party/openvino"; exit 1; }
+  [ -n "$OV_VERSION" ] || die "no openvino== pin in $REQ"
+  mkdir -p "$CACHE/wheels"
+  # The pin and its hash lines, as a requirements file of its own.
+  awk '/^openvino==/{p=1} p{print} p && !/\\$/{exit}' "$REQ" > "$CACHE/openvino-requirement.txt"
+  say "downloading the openvino ${OV_VERSION} wheel (hash-checked against requirements.txt)"
+  "$VENV/bin/pip" download -q --no-input --no-deps --require-hashes --only-binary=:all: \
+    -d "$CACHE/wheels" -r "$CACHE/openvino-requirement.txt"
+  wheel="$(ls "$CACHE"/wheels/openvino-"${OV_VERSION}"-*.whl 2>/dev/null | head -1)"
+  [ -n "$wheel" ] || die "pip download openvino==${OV_VERSION} left no wheel in $CACHE/wheels"
+  say "unpacking OpenVINO's runtime, headers and CMake package into third_party/openvino"
+  rm -rf "$OV_DIR"
+  "$VENV/bin/python" - "$wheel" "$OV_DIR" <<'PY'
+import sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+skip = ("libopenvino_intel_gpu_plugin", "libopenvino_intel_npu_plugin", "cache.json")
+with zipfile.ZipFile(wheel) as z:
+    names = [n for n in z.namelist()
+             if n.startswith(("openvino/libs/", "openvino/include/", "openvino/cmake/"))
+             and not n.rsplit("/", 1)[-1].startswith(skip)]
+    z.extractall(out, names)
+PY
+  sha256sum "$wheel" > "$OV_DIR/SOURCES.sha256"
+  touch "$OV_STAMP"
+  say "OpenVINO ${OV_VERSION} provisioned ($(basename "$wheel"))"
 fi
 
 # ---------------------------------------------------------------------------------------------

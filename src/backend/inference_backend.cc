@@ -34,6 +34,15 @@ Status BackendOptions::Validate() const {
         "graph optimization must be disable, basic, extended or all, not '" + graph_optimization +
         "'");
   }
+  if (performance_hint != "LATENCY" && performance_hint != "THROUGHPUT") {
+    return InvalidArgumentError("performance hint must be LATENCY or THROUGHPUT, not '" +
+                                performance_hint + "'");
+  }
+  if (streams < 0 || streams > 256) return InvalidArgumentError("streams must be in [0, 256]");
+  if (inference_precision != "f32" && inference_precision != "bf16") {
+    return InvalidArgumentError("inference precision must be f32 or bf16, not '" +
+                                inference_precision + "'");
+  }
   return Status::Ok();
 }
 

@@ -11,6 +11,7 @@
 #include <iostream>
 #include <iterator>
 #include <map>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <tuple>
@@ -20,6 +21,7 @@
 #include "kiln/backend/libtorch/libtorch_backend.h"
 #include "kiln/backend/model_metadata.h"
 #include "kiln/backend/onnxruntime/onnxruntime_backend.h"
+#include "kiln/backend/openvino/openvino_backend.h"
 #include "kiln/bench/roof.h"
 #include "kiln/core/file.h"
 #include "kiln/core/process.h"
@@ -27,6 +29,7 @@
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/data/loader.h"
+#include "kiln/eval/evaluate.h"
 
 #ifndef KILN_SOURCE_DIR
 #define KILN_SOURCE_DIR "."
@@ -63,8 +66,8 @@ json MachineInfo() {
     if (key == "flags" && flags.empty()) flags = " " + value + " ";
   }
   json f = json::array();
-  for (const char* want :
-       {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16"}) {
+  for (const char* want : {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8",
+                           "amx_bf16"}) {
     if (flags.find(std::string(" ") + want + " ") != std::string::npos) f.push_back(want);
   }
   m["flags"] = f;
@@ -81,18 +84,89 @@ json MachineInfo() {
   return m;
 }
 
-// Peak resident set of this process since the last ResetPeakRss() (Linux VmHWM).
-void ResetPeakRss() {
-  std::ofstream clear("/proc/self/clear_refs");
-  clear << "5";
-}
-int64_t PeakRssBytes() {
+// Resident memory of this process now (Linux VmRSS).
+int64_t ResidentBytes() {
   std::istringstream s(ReadFile("/proc/self/status"));
   std::string line;
   while (std::getline(s, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return 0;
+}
+
+// The engines `kiln bench` knows. Kiln's engines run with Kiln's settings at each thread count;
+// "-default" engines are the runtimes as their users get them out of the box (every option at
+// the runtime's own default, its own thread count): the peers Kiln's settings are judged by.
+struct EngineSpec {
+  std::string label;    // as reported and given to --engines
+  std::string backend;  // CreateBackend name
+  bool defaults = false;
+  std::string hint = "LATENCY";  // OpenVINO performance hint
+  std::string what;              // for the report's method
+};
+const std::vector<EngineSpec>& EngineCatalog() {
+  static const std::vector<EngineSpec> catalog = {
+      {"onnxruntime", "onnxruntime", false, "LATENCY",
+       "ONNX Runtime with Kiln's session (graph level all, intra-op threads = the thread count, "
+       "sequential, spinning off)"},
+      {"openvino", "openvino", false, "LATENCY",
+       "OpenVINO's CPU plugin with Kiln's settings (LATENCY hint: one stream of the thread count, "
+       "f32 inference precision, no pinning)"},
+      {"openvino-throughput", "openvino", false, "THROUGHPUT",
+       "OpenVINO with the THROUGHPUT hint (the plugin's streams; a batch is split between them)"},
+      {"libtorch", "libtorch", false, "LATENCY",
+       "libtorch running the TorchScript export (frozen, channels-last, inference mode)"},
+      {"onnxruntime-default", "onnxruntime", true, "LATENCY",
+       "ONNX Runtime's defaults (its own thread count and spinning): the peer"},
+      {"openvino-default", "openvino", true, "LATENCY",
+       "OpenVINO's defaults (no property set: its own threads, streams, pinning and inference "
+       "precision, which is bf16 on CPUs with AVX512-BF16 or AMX): the peer"},
+  };
+  return catalog;
+}
+std::string EngineNames() {
+  std::string s;
+  for (const EngineSpec& e : EngineCatalog()) s += (s.empty() ? "" : ", ") + e.label;
+  return s;
+}
+json EnginesMethod() {
+  json m = json::object();
+  for (const EngineSpec& e : EngineCatalog()) m[e.label] = e.what;
+  return m;
+}
+
+struct Job {
+  json variant;
+  std::string name;  // the variant's name
+  EngineSpec engine;
+  fs::path file;
+  int threads = 1;  // 0 = the engine's own default
+};
+
+struct Samples {
+  std::vector<double> ms;
+  std::vector<double> round_medians;
+  std::vector<double> round_ratios;  // the reference's median / this cell's, per round
+  bool stable = true;
+};
+
+struct PeerCell {
+  std::vector<double> ms, round_medians, round_ratios;
+  bool stable = true;
+  std::string variant;
+};
+
+// {"reference", "value" (mean of the rounds' ratios), "round_ratios", "ci95" (with two rounds or
+// more), "interleaved"}.
+json RatioJson(const std::vector<double>& ratios, const std::string& reference, bool interleaved) {
+  double sum = 0;
+  for (double r : ratios) sum += r;
+  json j = {{"reference", reference},
+            {"value", sum / static_cast<double>(ratios.size())},
+            {"round_ratios", ratios},
+            {"interleaved", interleaved}};
+  if (auto ci = MeanConfidenceInterval(ratios, 0.95)) j["ci95"] = {ci->first, ci->second};
+  return j;
 }
 
 struct Timing {
@@ -161,8 +235,9 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
     unavailable["reason"] = "the FP32 variant has no TorchScript file to load in Python";
     return unavailable;
   }
-  const fs::path script =
-      o.peers_script.empty() ? fs::path(KILN_SOURCE_DIR) / "bench" / "peers.py" : o.peers_script;
+  const fs::path script = o.peers_script.empty()
+                              ? fs::path(KILN_SOURCE_DIR) / "bench" / "peers.py"
+                              : o.peers_script;
   if (!fs::exists(script)) {
     unavailable["reason"] = "peer script " + script.string() + " not found";
     return unavailable;
@@ -177,44 +252,21 @@ json RunPeers(const BenchOptions& o, const json& fp32, const fs::path& manifest_
     return ss.str();
   };
   const std::vector<std::string> argv = {
-      o.python,
-      script.string(),
-      "--torchscript",
-      (manifest_dir / fp32["torchscript_file"].get<std::string>()).string(),
-      "--inputs",
-      inputs.string(),
-      "--images",
-      std::to_string(images),
-      "--shape",
-      text(shape[1]) + "," + text(shape[2]) + "," + text(shape[3]),
-      "--batch-sizes",
-      Join(o.batch_sizes),
-      "--threads",
-      Join(threads),
-      "--warmup-runs",
-      text(o.warmup_runs),
-      "--warmup-seconds",
-      text(o.warmup_seconds),
-      "--min-runs",
-      text(o.min_runs),
-      "--min-seconds",
-      text(o.min_seconds),
-      "--max-seconds",
-      text(o.max_seconds),
-      "--stable-tolerance",
-      text(o.stable_tolerance),
-      "--rounds",
-      "1",
-      "--output",
-      out.string(),
-      "--variant",
-      fp32.value("name", "fp32")};
+      o.python, script.string(), "--torchscript",
+      (manifest_dir / fp32["torchscript_file"].get<std::string>()).string(), "--inputs",
+      inputs.string(), "--images", std::to_string(images), "--shape",
+      text(shape[1]) + "," + text(shape[2]) + "," + text(shape[3]), "--batch-sizes",
+      Join(o.batch_sizes), "--threads", Join(threads), "--warmup-runs", text(o.warmup_runs),
+      "--warmup-seconds", text(o.warmup_seconds), "--min-runs", text(o.min_runs),
+      "--min-seconds", text(o.min_seconds), "--max-seconds", text(o.max_seconds),
+      "--stable-tolerance", text(o.stable_tolerance), "--rounds", "1", "--output", out.string(),
+      "--variant", fp32.value("name", "fp32")};
   if (progress) *progress << "[bench] peers: " << CommandLineForDisplay(argv) << "\n" << std::flush;
   // The script's chatter goes to stderr: stdout may carry Kiln's own report.
   const Result<int> rc = RunProcess(argv, {.stdout_to_stderr = true});
   if (!rc.ok()) {
-    unavailable["reason"] =
-        rc.status().message() + "; is python3-torch installed for " + o.python + "?";
+    unavailable["reason"] = rc.status().message() + "; is python3-torch installed for " +
+                            o.python + "?";
     return unavailable;
   }
   if (!fs::exists(out)) {
@@ -240,37 +292,6 @@ void AddConfidenceIntervals(json* results) {
   }
 }
 
-void AddRatios(const json& reference_cells, const std::string& reference_variant, json* cells) {
-  for (json& cell : *cells) {
-    if (!cell.contains("round_medians_ms")) continue;
-    const std::string engine = cell["threads"].is_string() ? "onnxruntime-default" : "onnxruntime";
-    const json* ref = nullptr;
-    for (const json& r : reference_cells) {
-      if (r.value("variant", "") == reference_variant && r.value("engine", "") == engine &&
-          r["threads"] == cell["threads"] && r["batch"] == cell["batch"] &&
-          r.contains("round_medians_ms")) {
-        ref = &r;
-      }
-    }
-    if (!ref) continue;
-    const auto mine = cell["round_medians_ms"].get<std::vector<double>>();
-    const auto theirs = (*ref)["round_medians_ms"].get<std::vector<double>>();
-    if (mine.empty() || mine.size() != theirs.size()) continue;
-    std::vector<double> ratios;
-    for (size_t i = 0; i < mine.size(); ++i) {
-      if (mine[i] > 0) ratios.push_back(theirs[i] / mine[i]);
-    }
-    if (ratios.size() != mine.size()) continue;
-    json ratio = {{"reference", reference_variant + " / " + engine},
-                  {"rounds", ratios},
-                  {"median", Quantile(ratios, 0.50)},
-                  {"min", *std::min_element(ratios.begin(), ratios.end())},
-                  {"max", *std::max_element(ratios.begin(), ratios.end())}};
-    if (auto ci = MeanConfidenceInterval(ratios, 0.95)) ratio["ci95"] = {ci->first, ci->second};
-    cell["ratio"] = ratio;
-  }
-}
-
 void BenchOptions::ApplyQuick() {
   rounds = 1;
   batch_sizes = {1, 64};
@@ -280,6 +301,7 @@ void BenchOptions::ApplyQuick() {
   min_runs = 5;
   min_seconds = 0.2;
   max_seconds = 0.6;
+  accuracy_images = 1000;
 }
 
 Status BenchOptions::Validate() const {
@@ -298,11 +320,12 @@ Status BenchOptions::Validate() const {
     if (t < 1 || t > 256) return InvalidArgumentError("thread counts must be in [1, 256]");
   }
   for (const auto& e : engines) {
-    if (e != "onnxruntime" && e != "libtorch" && e != "onnxruntime-default") {
-      return InvalidArgumentError("unknown engine '" + e +
-                                  "' (onnxruntime, libtorch, onnxruntime-default)");
+    const auto& c = EngineCatalog();
+    if (std::none_of(c.begin(), c.end(), [&](const EngineSpec& s) { return s.label == e; })) {
+      return InvalidArgumentError("unknown engine '" + e + "' (" + EngineNames() + ")");
     }
   }
+  if (accuracy_images < 0) return InvalidArgumentError("accuracy images must be >= 0");
   if (rounds < 1 || rounds > 20) return InvalidArgumentError("rounds must be in [1, 20]");
   if (min_runs < 3 || min_seconds < 0 || max_seconds < min_seconds || stable_tolerance <= 0) {
     return InvalidArgumentError("need min_runs >= 3 and 0 <= min_seconds <= max_seconds");
@@ -396,11 +419,13 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
   fs::create_directories(o.out_dir, ec);
   if (ec) return InvalidArgumentError("cannot create " + o.out_dir.string() + ": " + ec.message());
 
-  // Inputs: the first max(batch) test images, normalized with the model's statistics.
+  // Inputs: the first max(batch) test images, normalized with the model's statistics; and, for
+  // the accuracy check of every engine, the first accuracy_images test images.
   const int64_t n_inputs = *std::max_element(o.batch_sizes.begin(), o.batch_sizes.end());
   data::Normalization norm;
   json shape;
   std::vector<float> inputs;
+  data::ImageSet accuracy_set;
   {
     say("loading test images from " + o.data.string());
     KILN_ASSIGN_OR_RETURN(data::Dataset ds, data::LoadCifar10(o.data));
@@ -420,6 +445,11 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       data::NormalizeImage(test.image(i % test.size()), test.channels, test.height * test.width,
                            norm, inputs.data() + i * test.image_bytes());
     }
+    if (o.accuracy_images > 0) {
+      std::vector<int64_t> first(static_cast<size_t>(std::min(o.accuracy_images, test.size())));
+      for (size_t i = 0; i < first.size(); ++i) first[i] = static_cast<int64_t>(i);
+      accuracy_set = test.Subset(first);
+    }
   }  // the data set is freed before anything is measured
   const fs::path inputs_file = o.out_dir / "inputs.f32";
   KILN_RETURN_IF_ERROR(WriteFileAtomic(
@@ -438,15 +468,9 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     say(line);
   }
 
-  // What to measure: one job per variant x engine x thread count.
-  struct Job {
-    json variant;
-    std::string label;    // engine as reported
-    std::string backend;  // CreateBackend name
-    fs::path file;
-    bool defaults = false;
-    int threads = 1;  // 0 = ONNX Runtime's default
-  };
+  // What to measure: one job per variant x engine x thread count (engines at their own
+  // defaults: once, with the thread count they choose).
+  const int max_threads = *std::max_element(o.threads.begin(), o.threads.end());
   json variants = json::array();
   json fp32_entry;
   std::vector<Job> jobs;
@@ -468,86 +492,209 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     variants.push_back(v);
     const bool has_onnx = v.contains("file");
     const fs::path onnx = has_onnx ? dir / v["file"].get<std::string>() : fs::path();
-    for (int t : o.threads) {
-      if (wants("onnxruntime") && has_onnx) {
-        jobs.push_back({v, "onnxruntime", "onnxruntime", onnx, false, t});
+    for (const EngineSpec& e : EngineCatalog()) {
+      if (!wants(e.label)) continue;
+      const bool torchscript = e.backend == "libtorch";
+      if (torchscript ? !v.contains("torchscript_file") : !has_onnx) continue;
+      const fs::path file =
+          torchscript ? dir / v["torchscript_file"].get<std::string>() : onnx;
+      if (e.defaults) {
+        jobs.push_back({v, name, e, file, 0});
+      } else {
+        for (int t : o.threads) jobs.push_back({v, name, e, file, t});
       }
-      if (wants("libtorch") && v.contains("torchscript_file")) {
-        jobs.push_back(
-            {v, "libtorch", "libtorch", dir / v["torchscript_file"].get<std::string>(), false, t});
-      }
-    }
-    // ONNX Runtime's defaults choose their own thread count: measured once.
-    if (wants("onnxruntime-default") && has_onnx && (name == "fp32" || !o.models.empty())) {
-      jobs.push_back({v, "onnxruntime-default", "onnxruntime", onnx, true, 0});
     }
   }
   if (variants.empty()) return InvalidArgumentError("no variant of the manifest to benchmark");
-
-  // Rounds: the whole matrix is measured `rounds` times, one pass after the other, so slow
-  // drift of the machine (other tenants, clock changes) shows up as spread between rounds.
-  struct Samples {
-    std::vector<double> ms;
-    std::vector<double> round_medians;
-    bool stable = true;
-    int64_t peak_rss = 0;
+  // The reference: FP32 (else the first variant) on ONNX Runtime with Kiln's session, at the same
+  // thread count and batch as the cell it is compared with.
+  const std::string reference_variant =
+      fp32_entry.is_object() ? fp32_entry.value("name", "") : variants[0].value("name", "");
+  auto reference_of = [&](int threads) -> int {
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      if (jobs[j].name == reference_variant && jobs[j].engine.label == "onnxruntime" &&
+          jobs[j].threads == threads) {
+        return static_cast<int>(j);
+      }
+    }
+    return -1;
   };
+  auto options_of = [&](const Job& job) {
+    backend::BackendOptions bo;
+    bo.model_path = job.file.string();
+    bo.intra_op_threads = std::max(job.threads, 1);
+    bo.runtime_defaults = job.engine.defaults;
+    bo.performance_hint = job.engine.hint;
+    return bo;
+  };
+
+  // Accuracy of every (variant, engine) on the test images, and top-1 agreement with ONNX
+  // Runtime on the same variant: an engine that reads a graph differently shows here.
+  json accuracy = json::array();
+  std::map<std::string, std::vector<int64_t>> ort_predictions;  // variant -> ONNX Runtime top-1
+  if (o.accuracy_images > 0) {
+    std::vector<const Job*> checks;
+    std::set<std::pair<std::string, std::string>> seen;
+    for (int pass = 0; pass < 2; ++pass) {  // ONNX Runtime first: the others are compared with it
+      for (const Job& job : jobs) {
+        if ((job.engine.label == "onnxruntime") != (pass == 0)) continue;
+        if (job.threads != 0 && job.threads != max_threads) continue;
+        if (seen.insert({job.name, job.engine.label}).second) checks.push_back(&job);
+      }
+    }
+    for (const Job* job : checks) {
+      if (stop && stop->load()) return CancelledError("bench interrupted");
+      json row = {{"variant", job->name}, {"engine", job->engine.label},
+                  {"images", accuracy_set.size()}};
+      auto engine = backend::CreateBackend(job->engine.backend, options_of(*job));
+      Result<EvalResult> r = engine.ok()
+                                 ? eval::EvaluateEngine(**engine, accuracy_set, norm, 250)
+                                 : Result<EvalResult>(engine.status());
+      if (!r.ok()) {
+        row["error"] = r.status().ToString();
+        say("accuracy of " + job->name + " / " + job->engine.label + ": " + row["error"].get<std::string>());
+        accuracy.push_back(row);
+        continue;
+      }
+      row["accuracy"] = r->accuracy;
+      if (job->engine.label == "onnxruntime") ort_predictions[job->name] = r->predictions;
+      auto ort = ort_predictions.find(job->name);
+      if (ort != ort_predictions.end() && ort->second.size() == r->predictions.size()) {
+        int64_t same = 0;
+        for (size_t i = 0; i < r->predictions.size(); ++i) same += r->predictions[i] == ort->second[i];
+        row["agreement_with_onnxruntime"] =
+            static_cast<double>(same) / static_cast<double>(r->predictions.size());
+      }
+      char line[200];
+      std::snprintf(line, sizeof line, "accuracy of %s / %s on %lld test images: %.2f%%",
+                    job->name.c_str(), job->engine.label.c_str(),
+                    static_cast<long long>(accuracy_set.size()), 100 * r->accuracy);
+      say(line);
+      accuracy.push_back(row);
+    }
+  }
+  accuracy_set = data::ImageSet();
+
+  // Rounds: the whole matrix is measured `rounds` times, one pass after the other. Inside a
+  // pass, for each thread count the engines are loaded together and measured column by column
+  // (one batch size at a time): the reference cell first, every other cell of the column (in an
+  // order rotated each round), the reference again. Each cell's ratio to the reference of its
+  // column in the same round is then free of the machine's drift over minutes.
   std::map<std::pair<size_t, int64_t>, Samples> samples;  // (job, batch) -> samples
+  std::map<size_t, int64_t> memory;                       // job -> RSS its loading added
+  std::map<size_t, std::string> failed;                   // job -> why it could not run
+  // (threads, batch) -> the reference's median in each round, and its start/end difference.
+  std::map<std::pair<int, int64_t>, std::vector<double>> reference_medians;
+  std::vector<double> bracket_gaps;
   std::vector<int64_t> reference_top1;  // ONNX Runtime FP32 top-1 on the inputs (peer check)
   json peers = {{"available", false}, {"reason", "disabled (--no-peers)"}};
   if (o.peers && fp32_entry.is_null()) peers["reason"] = "no fp32 variant selected";
   bool run_peers = o.peers && !fp32_entry.is_null();
-  struct PeerCell {
-    std::vector<double> ms, round_medians;
-    bool stable = true;
-    std::string variant;
-  };
   std::map<std::tuple<std::string, int, int64_t>, PeerCell> peer_cells;  // engine, threads, batch
   json peer_info;  // the first round's output (versions, top-1, eager-vs-script check)
   for (int round = 0; round < o.rounds; ++round) {
-    for (size_t j = 0; j < jobs.size(); ++j) {
-      const Job& job = jobs[j];
-      const std::string name = job.variant.value("name", "");
-      backend::BackendOptions bo;
-      bo.model_path = job.file.string();
-      bo.intra_op_threads = std::max(job.threads, 1);
-      bo.runtime_defaults = job.defaults;
-      ResetPeakRss();
-      KILN_ASSIGN_OR_RETURN(auto engine, backend::CreateBackend(job.backend, bo));
-      if (engine->InputElementsPerSample() * n_inputs != static_cast<int64_t>(inputs.size())) {
-        return InvalidArgumentError(job.file.string() + " does not take the test images' shape");
+    for (int t : o.threads) {
+      std::vector<size_t> group;
+      for (size_t j = 0; j < jobs.size(); ++j) {
+        if (failed.count(j)) continue;
+        if (jobs[j].threads == t || (jobs[j].threads == 0 && t == max_threads)) group.push_back(j);
+      }
+      std::map<size_t, std::unique_ptr<backend::InferenceBackend>> engines;
+      for (size_t j : group) {
+        const int64_t before = ResidentBytes();
+        auto engine = backend::CreateBackend(jobs[j].engine.backend, options_of(jobs[j]));
+        if (engine.ok() && (*engine)->InputElementsPerSample() * n_inputs !=
+                               static_cast<int64_t>(inputs.size())) {
+          engine = InvalidArgumentError(jobs[j].file.string() + " does not take the test images' shape");
+        }
+        if (!engine.ok()) {
+          const int ref = reference_of(t);
+          if (ref >= 0 && static_cast<size_t>(ref) == j) return engine.status();
+          failed[j] = engine.status().ToString();
+          say(jobs[j].name + " / " + jobs[j].engine.label + " cannot run: " + failed[j]);
+          continue;
+        }
+        if (round == 0) {  // what the engine holds after one run at every batch size
+          std::vector<float> out;
+          for (int64_t batch : o.batch_sizes) {
+            out.resize(static_cast<size_t>(batch * (*engine)->OutputElementsPerSample()));
+            KILN_RETURN_IF_ERROR((*engine)->Run(inputs.data(), batch, out.data()));
+          }
+          memory[j] = std::max<int64_t>(0, ResidentBytes() - before);
+        }
+        engines[j] = std::move(engine).value();
+      }
+      const int ref = reference_of(t);
+      const bool has_ref = ref >= 0 && engines.count(static_cast<size_t>(ref));
+      std::vector<size_t> others;
+      for (const auto& [j, e] : engines) {
+        if (!has_ref || j != static_cast<size_t>(ref)) others.push_back(j);
+      }
+      if (!others.empty()) {
+        std::rotate(others.begin(), others.begin() + round % static_cast<int>(others.size()),
+                    others.end());
       }
       std::vector<float> out;
       for (int64_t batch : o.batch_sizes) {
-        if (stop && stop->load()) return CancelledError("bench interrupted");
-        KILN_ASSIGN_OR_RETURN(Timing t, Measure(*engine, inputs.data(), batch, out, o));
-        Samples& s = samples[{j, batch}];
-        s.ms.insert(s.ms.end(), t.ms.begin(), t.ms.end());
-        s.round_medians.push_back(Quantile(t.ms, 0.50));
-        s.stable = s.stable && t.stable;
-        s.peak_rss = std::max(s.peak_rss, PeakRssBytes());
-        if (fp32_entry.is_object() && name == fp32_entry.value("name", "") &&
-            job.backend == "onnxruntime" && batch == n_inputs && reference_top1.empty()) {
-          const int64_t k = engine->OutputElementsPerSample();
-          for (int64_t i = 0; i < batch; ++i) {
-            const float* row = out.data() + i * k;
-            reference_top1.push_back(std::max_element(row, row + k) - row);
+        auto measure = [&](size_t j) -> Result<Timing> {
+          if (stop && stop->load()) return CancelledError("bench interrupted");
+          KILN_ASSIGN_OR_RETURN(Timing tm, Measure(*engines[j], inputs.data(), batch, out, o));
+          const Job& job = jobs[j];
+          if (fp32_entry.is_object() && job.name == fp32_entry.value("name", "") &&
+              job.engine.label == "onnxruntime" && batch == n_inputs && reference_top1.empty()) {
+            const int64_t k = engines[j]->OutputElementsPerSample();
+            for (int64_t i = 0; i < batch; ++i) {
+              const float* row = out.data() + i * k;
+              reference_top1.push_back(std::max_element(row, row + k) - row);
+            }
           }
+          return tm;
+        };
+        Timing ref_start, ref_end;
+        if (has_ref) {
+          KILN_ASSIGN_OR_RETURN(ref_start, measure(static_cast<size_t>(ref)));
         }
-        char line[220];
-        std::snprintf(line, sizeof line,
-                      "round %d/%d %-16s %-20s threads %-7s batch %4lld: median %8.3f ms, %9.1f "
-                      "img/s%s",
-                      round + 1, o.rounds, name.c_str(), job.label.c_str(),
-                      job.threads == 0 ? "default" : std::to_string(job.threads).c_str(),
-                      static_cast<long long>(batch), s.round_medians.back(),
-                      1000.0 * static_cast<double>(batch) / s.round_medians.back(),
-                      t.stable ? "" : " (unstable)");
-        say(line);
+        std::map<size_t, Timing> timed;
+        for (size_t j : others) {
+          KILN_ASSIGN_OR_RETURN(timed[j], measure(j));
+        }
+        double ref_median = 0;
+        if (has_ref) {
+          KILN_ASSIGN_OR_RETURN(ref_end, measure(static_cast<size_t>(ref)));
+          const double a = Quantile(ref_start.ms, 0.50);
+          const double b = Quantile(ref_end.ms, 0.50);
+          bracket_gaps.push_back(std::fabs(a - b) / (0.5 * (a + b)));
+          Timing both = ref_start;
+          both.ms.insert(both.ms.end(), ref_end.ms.begin(), ref_end.ms.end());
+          both.stable = ref_start.stable && ref_end.stable;
+          timed[static_cast<size_t>(ref)] = both;
+          ref_median = Quantile(both.ms, 0.50);
+          reference_medians[{t, batch}].push_back(ref_median);
+        }
+        for (const auto& [j, tm] : timed) {
+          Samples& s = samples[{j, batch}];
+          s.ms.insert(s.ms.end(), tm.ms.begin(), tm.ms.end());
+          const double median = Quantile(tm.ms, 0.50);
+          s.round_medians.push_back(median);
+          if (ref_median > 0) s.round_ratios.push_back(ref_median / median);
+          s.stable = s.stable && tm.stable;
+          const Job& job = jobs[j];
+          char line[240];
+          std::snprintf(line, sizeof line,
+                        "round %d/%d %-16s %-20s threads %-7s batch %4lld: median %8.3f ms, %9.1f "
+                        "img/s, %6.3fx the reference%s",
+                        round + 1, o.rounds, job.name.c_str(), job.engine.label.c_str(),
+                        job.threads == 0 ? "default" : std::to_string(job.threads).c_str(),
+                        static_cast<long long>(batch), median,
+                        1000.0 * static_cast<double>(batch) / median,
+                        ref_median > 0 ? ref_median / median : 0.0, tm.stable ? "" : " (unstable)");
+          say(line);
+        }
       }
     }
     // The peers' round: a fresh Python process right after Kiln's pass, so that drift of the
-    // machine and per-process effects reach the peers' spread as they reach Kiln's.
+    // machine and per-process effects reach the peers' spread as they reach Kiln's. Their
+    // ratios use the reference of the same round, measured up to minutes earlier.
     if (run_peers) {
       json r = RunPeers(o, fp32_entry, dir, inputs_file, n_inputs, shape, round, progress);
       if (!r.value("available", false)) {
@@ -558,11 +705,16 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         if (peer_info.is_null()) peer_info = r;
         try {
           for (const json& c : r.at("results")) {
-            PeerCell& pc = peer_cells[{c.at("engine").get<std::string>(),
-                                       c.at("threads").get<int>(), c.at("batch").get<int64_t>()}];
+            const int threads = c.at("threads").get<int>();
+            const int64_t batch = c.at("batch").get<int64_t>();
+            PeerCell& pc = peer_cells[{c.at("engine").get<std::string>(), threads, batch}];
             const auto ms = c.at("runs_ms").get<std::vector<double>>();
             pc.ms.insert(pc.ms.end(), ms.begin(), ms.end());
             pc.round_medians.push_back(Quantile(ms, 0.50));
+            const auto& refs = reference_medians[{threads, batch}];
+            if (refs.size() == static_cast<size_t>(round + 1)) {
+              pc.round_ratios.push_back(refs.back() / pc.round_medians.back());
+            }
             pc.stable = pc.stable && c.value("stable", false);
             pc.variant = c.value("variant", "");
           }
@@ -575,33 +727,45 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       }
     }
   }
+  const std::string reference_label = reference_variant + " / onnxruntime";
   json results = json::array();
   for (size_t j = 0; j < jobs.size(); ++j) {
     const Job& job = jobs[j];
+    if (failed.count(j)) continue;
     const bool integer = job.variant.value("precision", "") == "int8";
     const auto flops = job.variant.value("flops_per_image", int64_t{0});
     for (int64_t batch : o.batch_sizes) {
       const Samples& s = samples[{j, batch}];
+      if (s.ms.empty()) continue;
       Timing pooled{s.ms, s.stable};
       json cell = Stats(pooled, batch);
-      cell["variant"] = job.variant.value("name", "");
-      cell["engine"] = job.label;
+      cell["variant"] = job.name;
+      cell["engine"] = job.engine.label;
       cell["threads"] = job.threads == 0 ? json("default") : json(job.threads);
       cell["batch"] = batch;
       cell["round_medians_ms"] = s.round_medians;
-      cell["peak_rss_bytes"] = s.peak_rss;
+      if (memory.count(j)) cell["memory_bytes"] = memory[j];
+      if (!s.round_ratios.empty()) {
+        cell["speedup"] = RatioJson(s.round_ratios, reference_label, true);
+      }
       if (flops > 0) {  // unknown for plain model files (only kiln optimize counts them)
         const double achieved =
             static_cast<double>(flops) * cell["images_per_second"].get<double>();
         cell["achieved_gflops"] = achieved / 1e9;
-        // ONNX Runtime's default may use every core: compare with the largest thread count.
-        const RoofPoint* rp = roof.At(
-            job.threads > 0 ? job.threads : *std::max_element(o.threads.begin(), o.threads.end()));
+        // An engine at its own defaults may use every core: compare with the largest count.
+        const RoofPoint* rp = roof.At(job.threads > 0 ? job.threads : max_threads);
         const double peak = rp ? (integer ? rp->int8_gops : rp->fp32_gflops) : 0.0;
         if (peak > 0) cell["roof_fraction"] = achieved / 1e9 / peak;
       }
       results.push_back(cell);
     }
+  }
+  json unavailable = json::array();
+  for (const auto& [j, why] : failed) {
+    unavailable.push_back({{"variant", jobs[j].name},
+                           {"engine", jobs[j].engine.label},
+                           {"threads", jobs[j].threads == 0 ? json("default") : json(jobs[j].threads)},
+                           {"error", why}});
   }
 
   AddConfidenceIntervals(&results);
@@ -617,6 +781,9 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       cell["threads"] = threads;
       cell["batch"] = batch;
       cell["round_medians_ms"] = pc.round_medians;
+      if (!pc.round_ratios.empty()) {
+        cell["speedup"] = RatioJson(pc.round_ratios, reference_label, false);
+      }
       peer_results.push_back(cell);
     }
     peers["results"] = peer_results;
@@ -633,18 +800,32 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
   }
   if (!peers.value("available", false)) say("peers unavailable: " + peers.value("reason", "?"));
   if (peers.contains("results")) AddConfidenceIntervals(&peers["results"]);
-  // Ratios to FP32 on ONNX Runtime (the first variant when there is no "fp32"), cell by cell.
-  const std::string reference_variant =
-      fp32_entry.is_object() ? fp32_entry.value("name", "") : variants.front().value("name", "");
-  if (peers.contains("results")) AddRatios(results, reference_variant, &peers["results"]);
-  AddRatios(json(results), reference_variant, &results);
+
+  // How much the machine moved during this run, seen through the reference alone.
+  json drift = {{"reference", reference_label}};
+  {
+    std::vector<double> between;
+    for (const auto& [key, medians] : reference_medians) {
+      if (medians.size() < 2) continue;
+      const auto [lo, hi] = std::minmax_element(medians.begin(), medians.end());
+      between.push_back(*hi / *lo - 1.0);
+    }
+    auto summary = [](std::vector<double> v) -> json {
+      if (v.empty()) return nullptr;
+      std::sort(v.begin(), v.end());
+      return {{"median", QuantileOfSorted(v, 0.5)}, {"max", v.back()}, {"count", v.size()}};
+    };
+    drift["between_rounds"] = summary(between);
+    drift["within_column"] = summary(bracket_gaps);
+  }
 
   std::time_t now = std::time(nullptr);
   char date[32];
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   auto ort = backend::OnnxRuntimeVersion();
+  auto ov = backend::OpenVinoVersion();
   json report = {
-      {"format", "kiln-bench-1"},
+      {"format", "kiln-bench-2"},
       {"created", date},
       {"command", o.command_line},
       {"manifest", o.models.empty() ? o.manifest.string() : std::string("(model files)")},
@@ -652,6 +833,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       {"versions",
        {{"kiln", Version()},
         {"onnxruntime", ort.ok() ? *ort : "unavailable"},
+        {"openvino", ov.ok() ? *ov : "unavailable"},
         {"libtorch", backend::LibtorchVersion()},
         {"python_torch", peers.value("torch_version", "unavailable")}}},
       {"method",
@@ -669,41 +851,56 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
         {"max_seconds", o.max_seconds},
         {"stable_tolerance", o.stable_tolerance},
         {"rounds", o.rounds},
+        {"engines", EnginesMethod()},
+        {"order",
+         "the whole matrix is measured `rounds` times, one pass after another; inside a pass, "
+         "per thread count, every engine is loaded and the cells are measured one batch size (a "
+         "column) at a time: the reference cell (" + reference_label + " at the same threads and "
+         "batch) first, then every other cell of the column in an order rotated by one each "
+         "round, then the reference again"},
         {"stability_rule",
-         "the whole matrix is measured `rounds` times, one pass after another; in each pass a "
-         "cell's timed runs continue until at least min_runs runs and min_seconds have passed and "
-         "the medians of the first and second half of the runs differ by at most "
+         "in each pass a cell's timed runs continue until at least min_runs runs and min_seconds "
+         "have passed and the medians of the first and second half of the runs differ by at most "
          "stable_tolerance (after max_seconds the cell is marked not stable); statistics pool "
          "every run of every round, and round_medians_ms shows the drift between rounds"},
+        {"speedup",
+         "per round, the reference's median latency (its runs before and after the column "
+         "pooled) over the cell's median latency: images/s relative to the reference measured "
+         "interleaved with the cell; the reported value is the mean of the rounds' ratios with a "
+         "95% confidence interval (mean +- t(0.975, rounds-1) x sd / sqrt(rounds)). Ratios are "
+         "what carries from one run to the next; absolute images/s move with the machine"},
         {"spread",
          "ci95_ms: a 95% confidence interval of the median latency from the rounds' medians "
-         "(mean +- t(0.975, rounds-1) x sd / sqrt(rounds)); it widens with drift between rounds. "
-         "Two runs of this benchmark agree on a cell when their intervals overlap "
-         "(bench/compare_reports.py checks two report.json files)"},
-        {"ratio",
-         "each cell's speed against the reference cell (the FP32 variant on ONNX Runtime at the "
-         "same threads and batch) measured in the same rounds: per round, the reference's median "
-         "latency over the cell's (images/s over the reference's images/s); the report gives the "
-         "median of the rounds' ratios with their min-max, and ratio.ci95 the 95% interval of "
-         "their mean like ci95_ms. Drift of the whole machine between rounds and between runs "
-         "moves both cells of a ratio, so ratios hold from one run to the next where absolute "
-         "images/s do not (bench/compare_reports.py judges both)"},
+         "(mean +- t(0.975, rounds-1) x sd / sqrt(rounds)); it widens with drift between rounds "
+         "but cannot see drift between runs. Two runs of this benchmark agree on a cell when "
+         "their intervals overlap; bench/compare_reports.py judges two report.json files on the "
+         "speedups' ci95 and shows the latency intervals and the drift between the runs beside)"},
+        {"accuracy",
+         "every (variant, engine) pair runs the first " + std::to_string(o.accuracy_images) +
+             " test images once, outside the timing; agreement is top-1 agreement with ONNX "
+             "Runtime (Kiln's session) on the same variant"},
         {"peers",
          "bench/peers.py (PyTorch eager and TorchScript in Python) runs in a fresh Python process "
          "once per round, right after Kiln's pass of that round, with the same warm-up and "
-         "stability rule; its rounds are pooled like Kiln's"},
+         "stability rule; its rounds are pooled like Kiln's, and its ratios use the reference "
+         "of the same round (not interleaved: measured up to minutes apart)"},
         {"images_per_second", "batch / median latency"},
-        {"peak_memory",
-         "peak resident set of the benchmark process (VmHWM) during the cell, "
-         "libraries and model included"},
+        {"memory",
+         "memory_bytes: resident memory the engine added while loading and running every batch "
+         "size once (first round; memory freed by engines of an earlier thread count can be "
+         "reused, so it is a lower bound)"},
         {"roof_fraction",
          "flops_per_image x images/s over the measured FP32 (or INT8) roof at the "
          "same thread count"}}},
       {"roof", roof_json},
       {"model",
        {{"arch", manifest.value("arch", "")}, {"labels", manifest.value("labels", json::array())}}},
+      {"reference", {{"variant", reference_variant}, {"engine", "onnxruntime"}}},
+      {"drift", drift},
       {"variants", variants},
+      {"accuracy", accuracy},
       {"results", results},
+      {"unavailable", unavailable},
       {"peers", peers}};
   KILN_RETURN_IF_ERROR(WriteReport(report, o.out_dir));
   return report;

@@ -7,7 +7,6 @@
 
 #include "kiln/bench/bench.h"
 #include "kiln/core/file.h"
-#include "kiln/core/statistics.h"
 #include "kiln/plot/chart.h"
 
 namespace kiln::bench {
@@ -32,10 +31,8 @@ std::vector<Series> Group(const json& results, const json& threads) {
   for (const json& r : results) {
     const bool defaults = r["threads"].is_string();
     if (!defaults && r["threads"] != threads) continue;
-    const std::string label =
-        r["variant"].get<std::string>() + " / " + r["engine"].get<std::string>();
-    auto it =
-        std::find_if(out.begin(), out.end(), [&](const Series& s) { return s.label == label; });
+    const std::string label = r["variant"].get<std::string>() + " / " + r["engine"].get<std::string>();
+    auto it = std::find_if(out.begin(), out.end(), [&](const Series& s) { return s.label == label; });
     if (it == out.end()) {
       out.push_back({label, r["variant"], r["engine"], {}});
       it = out.end() - 1;
@@ -48,8 +45,7 @@ std::vector<Series> Group(const json& results, const json& threads) {
 const json* Best(const Series& s) {
   const json* best = nullptr;
   for (const auto& [b, r] : s.by_batch) {
-    if (!best || r["images_per_second"].get<double>() > (*best)["images_per_second"].get<double>())
-      best = &r;
+    if (!best || r["images_per_second"].get<double>() > (*best)["images_per_second"].get<double>()) best = &r;
   }
   return best;
 }
@@ -57,8 +53,7 @@ const json* Best(const Series& s) {
 // ---- plots (kiln/plot/chart.h) ----------------------------------------------------------------
 constexpr plot::Box kPlotArea{80, 56, 720, 414};  // in a 1100 x 520 canvas; legend to the right
 
-Status PlotThroughput(const std::vector<Series>& series, const fs::path& file,
-                      const std::string& threads) {
+Status PlotThroughput(const std::vector<Series>& series, const fs::path& file, const std::string& threads) {
   double ymax = 1, xmin = 1e9, xmax = 1;
   for (const Series& s : series) {
     for (const auto& [b, r] : s.by_batch) {
@@ -95,8 +90,7 @@ Status PlotThroughput(const std::vector<Series>& series, const fs::path& file,
 
 // Horizontal boxes, one row per series: a whisker from min to max, a box from p50 to p90, ticks
 // at min, p99 and max.
-Status PlotLatency(const std::vector<Series>& series, const fs::path& file,
-                   const std::string& threads) {
+Status PlotLatency(const std::vector<Series>& series, const fs::path& file, const std::string& threads) {
   std::vector<const Series*> rows;
   double xmax = 0;
   for (const Series& s : series) {
@@ -123,8 +117,7 @@ Status PlotLatency(const std::vector<Series>& series, const fs::path& file,
     const plot::Rgb c = plot::PaletteColor(i);
     canvas.Line(X(r["min_ms"]), y, X(r["max_ms"]), y, c);
     canvas.Rectangle({X(r["median_ms"]), y - 8, X(r["p90_ms"]) - X(r["median_ms"]), 16}, c, true);
-    for (const char* k : {"min_ms", "p99_ms", "max_ms"})
-      canvas.Line(X(r[k]), y - 8, X(r[k]), y + 8, c, 2);
+    for (const char* k : {"min_ms", "p99_ms", "max_ms"}) canvas.Line(X(r[k]), y - 8, X(r[k]), y + 8, c, 2);
   }
   return canvas.SavePng(file);
 }
@@ -196,57 +189,19 @@ std::string Interval(const json& r) {
   return Format("%.3f", r["ci95_ms"][0]) + "-" + Format("%.3f", r["ci95_ms"][1]);
 }
 
-// "1.613 (1.601-1.620)": the median of the rounds' ratios to the reference and their min-max;
-// "-" without a ratio.
-std::string Ratio(const json& r) {
-  if (!r.contains("ratio")) return "-";
-  const json& x = r["ratio"];
-  if (x["rounds"].size() < 2) return Format("%.3f", x["median"]);
-  return Format("%.3f", x["median"]) + " (" + Format("%.3f", x["min"]) + "-" +
-         Format("%.3f", x["max"]) + ")";
+// "1.234 (1.201-1.266)": a speedup and its 95% interval, or "-".
+std::string Speedup(const json& r) {
+  if (!r.contains("speedup")) return "-";
+  const json& s = r["speedup"];
+  std::string out = Format("%.3f", s["value"]);
+  if (s.contains("ci95")) out += " (" + Format("%.3f", s["ci95"][0]) + "-" + Format("%.3f", s["ci95"][1]) + ")";
+  return out;
 }
 
-// How far this run's rounds moved: the reference cells' absolute medians against the ratios.
-std::string DriftText(const json& results, const json& peers) {
-  std::vector<double> absolute, relative;
-  auto range = [](const std::vector<double>& v) {
-    return *std::max_element(v.begin(), v.end()) / *std::min_element(v.begin(), v.end()) - 1;
-  };
-  auto scan = [&](const json& list) {
-    for (const json& r : list) {
-      if (!r.contains("ratio") || r["ratio"]["rounds"].size() < 2) continue;
-      const auto ratios = r["ratio"]["rounds"].get<std::vector<double>>();
-      const bool reference =
-          r["variant"].get<std::string>() + " / " + r["engine"].get<std::string>() ==
-          r["ratio"].value("reference", "");
-      if (reference) {
-        absolute.push_back(range(r["round_medians_ms"].get<std::vector<double>>()));
-      } else {
-        relative.push_back(range(ratios));
-      }
-    }
-  };
-  scan(results);
-  if (peers.value("available", false) && peers.contains("results")) scan(peers["results"]);
-  if (absolute.empty()) {
-    return "One round (or no reference cell): no drift between rounds to show. Absolute "
-           "images/s from two runs differ by as much as the machine drifts between them; compare "
-           "runs with `bench/compare_reports.py a/report.json b/report.json`, which judges ratios "
-           "and absolute medians and prints the drift it sees between the two runs.";
-  }
-  return "Within this run the reference cells' medians moved by a median of " +
-         Format("%.1f%%", 100 * Quantile(absolute, 0.5)) + " (up to " +
-         Format("%.1f%%", 100 * *std::max_element(absolute.begin(), absolute.end())) +
-         ") between their fastest and slowest round, the other cells' ratios by a median of " +
-         (relative.empty()
-              ? std::string("-")
-              : Format("%.1f%%", 100 * Quantile(relative, 0.5)) + " (up to " +
-                    Format("%.1f%%", 100 * *std::max_element(relative.begin(), relative.end())) +
-                    ")") +
-         ". Between runs the whole machine drifts more than within one (docs/decisions.md, "
-         "Benchmarking, has the runs measured so far). Compare runs with `bench/compare_reports.py "
-         "a/report.json b/report.json`: it judges ratios and absolute medians and prints the drift "
-         "between the two runs.";
+double SpeedupValue(const json& r) { return r.contains("speedup") ? r["speedup"]["value"].get<double>() : 0.0; }
+
+bool IsDefaultsEngine(const std::string& engine) {
+  return engine.size() > 8 && engine.compare(engine.size() - 8, 8, "-default") == 0;
 }
 
 }  // namespace
@@ -256,8 +211,7 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     const json& results = report.at("results");
     json ref_threads = 1;
     for (const json& r : results) {
-      if (r["threads"].is_number() && r["threads"].get<int>() > ref_threads.get<int>())
-        ref_threads = r["threads"];
+      if (r["threads"].is_number() && r["threads"].get<int>() > ref_threads.get<int>()) ref_threads = r["threads"];
     }
     const std::string t = std::to_string(ref_threads.get<int>());
     std::vector<Series> series = Group(results, ref_threads);
@@ -289,69 +243,247 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
     for (const Series& s : series) {
       if (!base && s.variant == "fp32" && s.engine == "onnxruntime") base = &s;
     }
-    const double base_ips =
-        base && Best(*base) ? (*Best(base ? *base : series[0]))["images_per_second"].get<double>()
-                            : 0;
-    const int64_t fp32_size =
-        variants.count("fp32") ? variants["fp32"].value("size_bytes", int64_t{0}) : 0;
+    const double base_ips = base && Best(*base) ? (*Best(base ? *base : series[0]))["images_per_second"].get<double>() : 0;
+    const int64_t fp32_size = variants.count("fp32") ? variants["fp32"].value("size_bytes", int64_t{0}) : 0;
 
-    std::string ref_label;
-    for (const json& r : results) {
-      if (r.contains("ratio")) ref_label = r["ratio"].value("reference", "");
-    }
     std::ostringstream md;
     const json& m = report.at("machine");
     md << "# Kiln benchmark report\n\n"
-       << "Generated by `kiln bench` on " << report.value("created", "")
-       << " — every number below was "
+       << "Generated by `kiln bench` on " << report.value("created", "") << " — every number below was "
        << "measured in this one run, on this machine; nothing is copied from elsewhere.\n\n"
        << "- Command: `" << report.value("command", "") << "`\n"
-       << "- Machine: " << m.value("cpu", "?") << ", " << m.value("logical_cpus", 0)
-       << " logical CPUs, " << Format("%.1f", m.value("memory_bytes", int64_t{0}) / 1073741824.0)
-       << " GiB, flags: " << m.value("flags", json::array()).dump() << ", " << m.value("kernel", "")
-       << "\n"
+       << "- Machine: " << m.value("cpu", "?") << ", " << m.value("logical_cpus", 0) << " logical CPUs, "
+       << Format("%.1f", m.value("memory_bytes", int64_t{0}) / 1073741824.0) << " GiB, flags: "
+       << m.value("flags", json::array()).dump() << ", " << m.value("kernel", "") << "\n"
        << "- Versions: Kiln " << report["versions"].value("kiln", "") << ", ONNX Runtime "
-       << report["versions"].value("onnxruntime", "") << ", "
-       << report["versions"].value("libtorch", "") << ", Python torch "
-       << report["versions"].value("python_torch", "") << "\n"
-       << "- Model: " << report["model"].value("arch", "?") << " (manifest `"
-       << report.value("manifest", "") << "`)\n\n";
+       << report["versions"].value("onnxruntime", "") << ", OpenVINO "
+       << report["versions"].value("openvino", "unavailable") << ", "
+       << report["versions"].value("libtorch", "")
+       << ", Python torch " << report["versions"].value("python_torch", "") << "\n"
+       << "- Model: " << report["model"].value("arch", "?") << " (manifest `" << report.value("manifest", "")
+       << "`)\n\n";
 
-    md << "## Roof (measured at the start of the run)\n\n| threads | FP32 FMA GFLOP/s | INT8 dot "
-          "GOP/s |\n|---|---|---|\n";
+    // ---- ratios first: what carries from one run to the next ----
+    const std::string reference = report.contains("reference")
+                                      ? report["reference"].value("variant", "fp32") + " / " +
+                                            report["reference"].value("engine", "onnxruntime")
+                                      : std::string("fp32 / onnxruntime");
+    std::vector<int64_t> batches;
+    for (const json& r : results) {
+      const int64_t b = r["batch"].get<int64_t>();
+      if (std::find(batches.begin(), batches.end(), b) == batches.end()) batches.push_back(b);
+    }
+    std::sort(batches.begin(), batches.end());
+    std::map<std::pair<std::string, std::string>, double> engine_accuracy;  // (variant, engine)
+    for (const json& a : report.value("accuracy", json::array())) {
+      if (a.contains("accuracy")) engine_accuracy[{a["variant"], a["engine"]}] = a["accuracy"].get<double>();
+    }
+    auto accuracy_cell = [&](const Series& s) -> std::string {
+      auto it = engine_accuracy.find({s.variant, s.engine});
+      if (it != engine_accuracy.end()) return Format("%.2f%%", 100 * it->second);
+      return accuracy_of(s.variant) >= 0 && s.engine.rfind("pytorch", 0) != 0 &&
+                     s.engine.rfind("torchscript", 0) != 0
+                 ? Format("%.2f%%", 100 * accuracy_of(s.variant)) + " (manifest)"
+                 : std::string("-");
+    };
+    md << "## Speed relative to the reference (" << t << " threads; engines at their own defaults: "
+       << "their own thread count)\n\n"
+       << "Each cell: images/s of the variant on the engine over images/s of the reference (**"
+       << reference << "**, Kiln's session, same thread count and batch size), measured "
+       << "interleaved with it in every round (reference, the column's cells, reference), as the "
+       << "mean of the rounds' ratios with its 95% confidence interval. Absolute images/s move with "
+       << "the machine from one run to the next (docs/decisions.md, Benchmarking); these ratios do "
+       << "not, so compare runs by them (`bench/compare_reports.py a/report.json b/report.json` "
+       << "judges two reports on the speedups and also shows their latency intervals and the "
+       << "drift between them). "
+       << "Accuracy: test images through this engine (see \"Accuracy by engine\"; \"(manifest)\": "
+       << "from `kiln optimize`, through ONNX Runtime).\n\n";
+    if (report.contains("drift")) {
+      const json& d = report["drift"];
+      md << "Drift seen in this run through the reference alone: ";
+      if (d.value("between_rounds", json()).is_object()) {
+        md << "between rounds its median moved by " << Format("%.1f%%", 100 * d["between_rounds"]["median"].get<double>())
+           << " at the median column (max " << Format("%.1f%%", 100 * d["between_rounds"]["max"].get<double>()) << "); ";
+      } else {
+        md << "one round, so no drift between rounds is visible; ";
+      }
+      if (d.value("within_column", json()).is_object()) {
+        md << "its two measurements around a column differed by " << Format("%.1f%%", 100 * d["within_column"]["median"].get<double>())
+           << " at the median (max " << Format("%.1f%%", 100 * d["within_column"]["max"].get<double>()) << ").";
+      }
+      md << "\n\n";
+    }
+    md << "| variant / engine | accuracy |";
+    for (int64_t b : batches) md << " b=" << b << " |";
+    md << "\n|---|---|";
+    for (size_t i = 0; i < batches.size(); ++i) md << "---|";
+    md << "\n";
+    for (const Series& s : series) {
+      md << "| " << s.label << " | " << accuracy_cell(s) << " |";
+      for (int64_t b : batches) {
+        auto it = s.by_batch.find(b);
+        md << " " << (it == s.by_batch.end() ? std::string("-") : Speedup(it->second))
+           << (it != s.by_batch.end() && it->second.contains("speedup") &&
+                       !it->second["speedup"].value("interleaved", true)
+                   ? " *"
+                   : "")
+           << " |";
+      }
+      md << "\n";
+    }
+    md << "\n\\* not interleaved: a Python peer, measured in its own process after Kiln's pass of "
+          "the round, against that round's reference.\n\n";
+
+    // Goals: the best of Kiln's engines against the fastest runtime at its own defaults.
+    std::map<std::string, std::vector<const Series*>> by_variant;
+    for (const Series& s : series) by_variant[s.variant].push_back(&s);
+    bool any_goal = false;
+    std::ostringstream goals;
+    goals << "## Kiln's engines against the runtimes' own defaults\n\n"
+          << "Per variant: the best of Kiln's engines (Kiln's settings: onnxruntime, openvino, "
+             "libtorch) over the fastest of ONNX Runtime and OpenVINO at their own defaults, as "
+             "the ratio of their speedups (same reference, so drift cancels). Batch 1, and the "
+             "batch at which the fastest default engine reaches its most images/s. Goal: 0.95 or "
+             "more.\n\n"
+          << "| variant | batch 1: best Kiln engine | fastest default | Kiln / default | best batch | best Kiln engine | fastest default | Kiln / default |\n"
+          << "|---|---|---|---|---|---|---|---|\n";
+    for (const auto& [variant, list] : by_variant) {
+      auto best_at = [&](int64_t b, bool defaults) -> std::pair<const Series*, double> {
+        const Series* best = nullptr;
+        double v = 0;
+        for (const Series* s : list) {
+          if (IsDefaultsEngine(s->engine) != defaults) continue;
+          if (s->engine.rfind("pytorch", 0) == 0 || s->engine.rfind("torchscript", 0) == 0) continue;
+          auto it = s->by_batch.find(b);
+          if (it == s->by_batch.end()) continue;
+          if (SpeedupValue(it->second) > v) {
+            v = SpeedupValue(it->second);
+            best = s;
+          }
+        }
+        return {best, v};
+      };
+      if (batches.empty()) break;
+      auto [k1, kv1] = best_at(batches.front(), false);
+      auto [d1, dv1] = best_at(batches.front(), true);
+      if (!k1 || !d1) continue;
+      // The fastest default engine's best batch (absolute images/s).
+      int64_t bb = batches.front();
+      double best_ips = 0;
+      for (const Series* s : list) {
+        if (!IsDefaultsEngine(s->engine)) continue;
+        for (const auto& [b, r] : s->by_batch) {
+          if (r["images_per_second"].get<double>() > best_ips) {
+            best_ips = r["images_per_second"].get<double>();
+            bb = b;
+          }
+        }
+      }
+      auto [kb, kvb] = best_at(bb, false);
+      auto [db, dvb] = best_at(bb, true);
+      if (!kb || !db) continue;
+      any_goal = true;
+      auto verdict = [](double r) { return Format("%.3f", r) + (r >= 0.95 ? "" : " **below**"); };
+      goals << "| " << variant << " | " << k1->engine << " " << Format("%.3f", kv1) << " | "
+            << d1->engine << " " << Format("%.3f", dv1) << " | " << verdict(kv1 / dv1) << " | "
+            << bb << " | " << kb->engine << " " << Format("%.3f", kvb) << " | " << db->engine
+            << " " << Format("%.3f", dvb) << " | " << verdict(kvb / dvb) << " |\n";
+    }
+    if (any_goal) md << goals.str() << "\n";
+
+    // The INT8 quantizers side by side (kiln optimize's peers: ONNX Runtime's and NNCF's PTQ).
+    std::vector<std::string> quantized;
+    for (const json& v : report.at("variants")) {
+      const std::string n = v.value("name", "");
+      if (v.value("precision", "") == "int8" &&
+          (v.contains("peer") || n == "int8-static")) {
+        quantized.push_back(n);
+      }
+    }
+    if (quantized.size() > 1) {
+      md << "## INT8 quantizers side by side (the same FP32 model and calibration images)\n\n"
+         << "Accuracy and agreement with FP32: all test images through ONNX Runtime (`kiln "
+            "optimize`). Speedups: over the reference, on each engine at " << t << " threads.\n\n"
+         << "| variant | quantizer | size (MB) | test accuracy | agreement with FP32 |";
+      for (const char* e : {"onnxruntime", "openvino"}) {
+        md << " " << e << " b=1 | " << e << " b=" << (batches.empty() ? 0 : batches.back()) << " |";
+      }
+      md << "\n|---|---|---|---|---|---|---|---|---|\n";
+      for (const std::string& n : quantized) {
+        const json& v = variants[n];
+        md << "| " << n << " | "
+           << (v.contains("peer") ? v["peer"].value("tool", "?") : std::string("Kiln"))
+           << " | " << Format("%.2f", v.value("size_bytes", int64_t{0}) / 1e6) << " | "
+           << Format("%.2f%%", 100 * v.value("test_accuracy", 0.0)) << " | "
+           << Format("%.2f%%", 100 * v.value("agreement_with_fp32", 0.0)) << " |";
+        for (const char* e : {"onnxruntime", "openvino"}) {
+          const Series* s = nullptr;
+          for (const Series& x : series) {
+            if (x.variant == n && x.engine == e) s = &x;
+          }
+          for (int64_t b : {batches.empty() ? int64_t{1} : batches.front(),
+                            batches.empty() ? int64_t{1} : batches.back()}) {
+            md << " " << (s && s->by_batch.count(b) ? Speedup(s->by_batch.at(b)) : std::string("-"))
+               << " |";
+          }
+        }
+        md << "\n";
+      }
+      md << "\n";
+    }
+
+    if (report.contains("accuracy") && !report["accuracy"].empty()) {
+      md << "## Accuracy by engine\n\nThe same test images through every (variant, engine); "
+            "agreement: top-1 agreement with ONNX Runtime (Kiln's session) on the same variant.\n\n"
+         << "| variant | engine | images | accuracy | agreement with onnxruntime |\n|---|---|---|---|---|\n";
+      for (const json& a : report["accuracy"]) {
+        md << "| " << a["variant"].get<std::string>() << " | " << a["engine"].get<std::string>() << " | "
+           << a.value("images", 0) << " | "
+           << (a.contains("accuracy") ? Format("%.2f%%", 100 * a["accuracy"].get<double>())
+                                      : "failed: " + a.value("error", std::string("?")))
+           << " | "
+           << (a.contains("agreement_with_onnxruntime")
+                   ? Format("%.2f%%", 100 * a["agreement_with_onnxruntime"].get<double>())
+                   : std::string("-"))
+           << " |\n";
+      }
+      md << "\n";
+    }
+    if (report.contains("unavailable") && !report["unavailable"].empty()) {
+      md << "Not measured (the engine could not load the variant):\n\n";
+      for (const json& u : report["unavailable"]) {
+        md << "- " << u["variant"].get<std::string>() << " / " << u["engine"].get<std::string>() << ": "
+           << u.value("error", std::string("?")) << "\n";
+      }
+      md << "\n";
+    }
+
+    md << "## Roof (measured at the start of the run)\n\n| threads | FP32 FMA GFLOP/s | INT8 dot GOP/s |\n|---|---|---|\n";
     for (const json& p : report["roof"]["points"]) {
       md << "| " << p["threads"] << " | " << Format("%.1f", p["fp32_gflops"]) << " | "
          << Format("%.1f", p["int8_gops"]) << " |\n";
     }
     md << "\nISA: " << report["roof"].value("isa", "?") << ".\n\n";
 
-    md << "## Summary (" << t << " threads)\n\n"
-       << "**× reference**: images/s over those of "
-       << (ref_label.empty() ? std::string("the reference") : "**" + ref_label + "**")
-       << " at the same threads and batch, measured in the same rounds (median of the rounds' "
-          "ratios, their min-max in brackets); ratios hold from one run to the next where absolute "
-          "images/s drift with the machine (see Drift below), so compare runs on them. "
+    md << "## Absolute numbers (" << t << " threads; these move with the machine)\n\n"
        << "Latency: median at batch 1. Images/s: the best batch size. Speedup: images/s over "
        << (base ? base->label : std::string("(no baseline)"))
        << ". Compression: FP32 file size over this "
        << "file's size. Accuracy: all 10,000 test images (from `kiln optimize`; \"not measured\" "
           "when "
        << "model files were given instead of a manifest).\n\n"
-       << "| variant / engine | × reference, batch 1 | × reference, best batch | images/s | at "
-          "batch "
-          "| latency b=1 (ms) | test accuracy | Δ points | size (MB) | compression | speedup |\n"
-       << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+       << "| variant / engine | size (MB) | compression | test accuracy | Δ points | latency b=1 "
+          "(ms) | images/s | at batch | speedup |\n"
+       << "|---|---|---|---|---|---|---|---|---|\n";
     std::vector<Point> points;
     for (const Series& s : series) {
       const json* best = Best(s);
       if (!best) continue;
       auto it = variants.find(s.variant);
-      const int64_t size =
-          it != variants.end() ? it->second.value("size_bytes", int64_t{0}) : fp32_size;
+      const int64_t size = it != variants.end() ? it->second.value("size_bytes", int64_t{0}) : fp32_size;
       const double ips = (*best)["images_per_second"].get<double>();
-      md << "| " << s.label << " | " << (s.by_batch.count(1) ? Ratio(s.by_batch.at(1)) : "-")
-         << " | " << Ratio(*best) << " | " << Format("%.0f", ips) << " | " << (*best)["batch"]
-         << " | " << (s.by_batch.count(1) ? Format("%.3f", s.by_batch.at(1)["median_ms"]) : "-")
+      md << "| " << s.label << " | " << Format("%.2f", size / 1e6) << " | "
+         << (size > 0 && fp32_size > 0 ? Format("%.2fx", static_cast<double>(fp32_size) / size) : "-")
          << " | "
          << (accuracy_of(s.variant) >= 0 ? Format("%.2f%%", 100 * accuracy_of(s.variant))
                                          : "not measured")
@@ -359,21 +491,17 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
          << (variants.count(s.variant) && variants[s.variant].contains("accuracy_delta_points")
                  ? Format("%+.2f", delta_of(s.variant))
                  : "-")
-         << " | " << Format("%.2f", size / 1e6) << " | "
-         << (size > 0 && fp32_size > 0 ? Format("%.2fx", static_cast<double>(fp32_size) / size)
-                                       : "-")
-         << " | " << (base_ips > 0 ? Format("%.2fx", ips / base_ips) : "-") << " |\n";
+         << " | " << (s.by_batch.count(1) ? Format("%.3f", s.by_batch.at(1)["median_ms"]) : "-")
+         << " | " << Format("%.0f", ips) << " | " << (*best)["batch"] << " | "
+         << (base_ips > 0 ? Format("%.2fx", ips / base_ips) : "-") << " |\n";
       if (accuracy_of(s.variant) >= 0) points.push_back({s.label, ips, accuracy_of(s.variant)});
     }
     if (!peers.value("available", false)) {
       md << "\nPeers (PyTorch in Python) were not measured: " << peers.value("reason", "?") << "\n";
     } else if (peers.contains("top1_agreement_with_onnxruntime")) {
-      md << "\nThe Python peers ran the same weights on the same inputs: top-1 agreement with ONNX "
-            "Runtime "
+      md << "\nThe Python peers ran the same weights on the same inputs: top-1 agreement with ONNX Runtime "
          << Format("%.2f%%", 100 * peers["top1_agreement_with_onnxruntime"].get<double>()) << ".\n";
     }
-
-    md << "\n## Drift\n\n" << DriftText(results, peers) << "\n";
 
     md << "\n## Conclusions (computed from the table above)\n\n";
     for (double budget : {0.0, 0.5, 1.0}) {
@@ -391,11 +519,9 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
         }
       }
       if (best) {
-        md << "- Fastest within " << Format("%.1f", budget) << " points of FP32 accuracy: **"
-           << best->label << "**, " << Format("%.0f", best_ips) << " images/s"
-           << (base_ips > 0 ? " (" + Format("%.2fx", best_ips / base_ips) + " the baseline)"
-                            : std::string())
-           << ".\n";
+        md << "- Fastest within " << Format("%.1f", budget) << " points of FP32 accuracy: **" << best->label
+           << "**, " << Format("%.0f", best_ips) << " images/s"
+           << (base_ips > 0 ? " (" + Format("%.2fx", best_ips / base_ips) + " the baseline)" : std::string()) << ".\n";
       }
     }
     for (const Series& s : series) {
@@ -403,41 +529,29 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
       if (!best) continue;
       int64_t knee = 0;
       for (const auto& [b, r] : s.by_batch) {
-        if (r["images_per_second"].get<double>() >=
-            0.9 * (*best)["images_per_second"].get<double>()) {
+        if (r["images_per_second"].get<double>() >= 0.9 * (*best)["images_per_second"].get<double>()) {
           knee = b;
           break;
         }
       }
       md << "- " << s.label << ": lowest latency at batch " << s.by_batch.begin()->first << " ("
-         << Format("%.3f ms", s.by_batch.begin()->second["median_ms"])
-         << "), most images/s at batch " << (*best)["batch"] << "; batch " << knee
-         << " already reaches 90% of that.\n";
+         << Format("%.3f ms", s.by_batch.begin()->second["median_ms"]) << "), most images/s at batch "
+         << (*best)["batch"] << "; batch " << knee << " already reaches 90% of that.\n";
     }
 
-    md << "\n## Full matrix\n\n| variant | engine | threads | batch | × reference (rounds' "
-          "min-max) | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | "
-          "images/s | runs | stable | peak RSS MB | roof |\n"
+    md << "\n## Full matrix\n\n| variant | engine | threads | batch | median ms | 95% CI of the median | p90 | p99 | min | max | rounds' medians | images/s | speedup (95% CI) | runs | stable | memory MB | roof |\n"
        << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
     auto rows = [&](const json& list) {
       for (const json& r : list) {
-        md << "| " << r["variant"].get<std::string>() << " | " << r["engine"].get<std::string>()
-           << " | "
-           << (r["threads"].is_string() ? r["threads"].get<std::string>()
-                                        : std::to_string(r["threads"].get<int>()))
-           << " | " << r["batch"] << " | " << Ratio(r) << " | " << Format("%.3f", r["median_ms"])
-           << " | " << Interval(r) << " | " << Format("%.3f", r["p90_ms"]) << " | "
-           << Format("%.3f", r["p99_ms"]) << " | " << Format("%.3f", r["min_ms"]) << " | "
+        md << "| " << r["variant"].get<std::string>() << " | " << r["engine"].get<std::string>() << " | "
+           << (r["threads"].is_string() ? r["threads"].get<std::string>() : std::to_string(r["threads"].get<int>()))
+           << " | " << r["batch"] << " | " << Format("%.3f", r["median_ms"]) << " | " << Interval(r) << " | " << Format("%.3f", r["p90_ms"])
+           << " | " << Format("%.3f", r["p99_ms"]) << " | " << Format("%.3f", r["min_ms"]) << " | "
            << Format("%.3f", r["max_ms"]) << " | " << RoundRange(r) << " | "
-           << Format("%.0f", r["images_per_second"]) << " | " << r["runs"] << " | "
-           << (r.value("stable", false) ? "yes" : "no") << " | "
-           << (r.contains("peak_rss_bytes")
-                   ? Format("%.0f", r["peak_rss_bytes"].get<double>() / 1e6)
-                   : "-")
-           << " | "
-           << (r.contains("roof_fraction")
-                   ? Format("%.1f%%", 100 * r["roof_fraction"].get<double>())
-                   : "-")
+           << Format("%.0f", r["images_per_second"]) << " | " << Speedup(r) << " | " << r["runs"]
+           << " | " << (r.value("stable", false) ? "yes" : "no") << " | "
+           << (r.contains("memory_bytes") ? Format("%.0f", r["memory_bytes"].get<double>() / 1e6) : "-") << " | "
+           << (r.contains("roof_fraction") ? Format("%.1f%%", 100 * r["roof_fraction"].get<double>()) : "-")
            << " |\n";
       }
     };
@@ -446,11 +560,8 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
 
     const json& method = report.at("method");
     md << "\n## Method\n\n";
-    for (const auto& [k, v] : method.items())
-      md << "- " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
-    md << "\n## "
-          "Plots\n\n![throughput](throughput.png)\n\n![latency](latency_batch1.png)\n\n![pareto]("
-          "pareto.png)\n";
+    for (const auto& [k, v] : method.items()) md << "- " << k << ": " << (v.is_string() ? v.get<std::string>() : v.dump()) << "\n";
+    md << "\n## Plots\n\n![throughput](throughput.png)\n\n![latency](latency_batch1.png)\n\n![pareto](pareto.png)\n";
 
     KILN_RETURN_IF_ERROR(PlotThroughput(series, out_dir / "throughput.png", t));
     KILN_RETURN_IF_ERROR(PlotLatency(series, out_dir / "latency_batch1.png", t));

@@ -103,7 +103,9 @@ void RegisterBenchCommand(CLI::App& app, Runner* run) {
       ->capture_default_str();
   cmd->add_option("--variants", o.variants, "Only these variants (default: every one that passed)")
       ->delimiter(',');
-  cmd->add_option("--engines", o.engines, "onnxruntime, libtorch, onnxruntime-default")
+  cmd->add_option("--engines", o.engines,
+                  "onnxruntime, openvino, libtorch (Kiln's settings), openvino-throughput, "
+                  "onnxruntime-default, openvino-default (the runtimes' own defaults)")
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")->delimiter(',')->capture_default_str();
@@ -119,7 +121,11 @@ void RegisterBenchCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--stable-tolerance", o.stable_tolerance,
                   "Medians of the two halves of the runs must agree within this fraction")
       ->capture_default_str();
-  cmd->add_flag("--quick", a->quick, "Smoke run: batch 1 and 64, 2 threads, short windows");
+  cmd->add_option("--accuracy-images", o.accuracy_images,
+                  "Test images every (variant, engine) is checked on, outside the timing (0 = none)")
+      ->capture_default_str();
+  cmd->add_flag("--quick", a->quick,
+                "Smoke run: batch 1 and 64, 2 threads, short windows, accuracy on 1,000 images");
   cmd->add_flag("--no-peers", a->no_peers, "Skip the Python PyTorch peers");
   cmd->add_option("--python", o.python, "Python that runs bench/peers.py")->capture_default_str();
   cmd->add_option("--peers-script", o.peers_script, "Path of peers.py (default: the source tree's)");

@@ -214,7 +214,8 @@ void RegisterDriftCommand(CLI::App& app, Runner* run) {
       "reference, as kiln serve does");
   cmd->add_option("--model", a->model, "An exported model with a drift reference (.onnx, .pt)")
       ->required();
-  cmd->add_option("--backend", a->backend, "auto, onnxruntime or libtorch")->capture_default_str();
+  cmd->add_option("--backend", a->backend, "auto, onnxruntime, libtorch or openvino")
+      ->capture_default_str();
   cmd->add_option("--data,--archive", a->data, "CIFAR-10 data (the test split is used)")
       ->capture_default_str();
   cmd->add_option("--window", a->window, "Predictions per window (kiln serve --drift-window-size)")

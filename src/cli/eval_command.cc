@@ -135,15 +135,15 @@ void RegisterEvalCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--model", a->model,
                   "An exported model (model.onnx, model.pt) run through --backend");
   cmd->add_option("--backend", a->backend,
-                  "Engine for --model: auto (by file extension), onnxruntime, libtorch")
+                  "Engine for --model: auto (by file extension), onnxruntime, libtorch, openvino")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "onnxruntime", "libtorch"}));
+      ->check(CLI::IsMember({"auto", "onnxruntime", "libtorch", "openvino"}));
   cmd->add_option("--data,--archive", a->data, "cifar-10-binary.tar.gz or its extracted folder")
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
-  cmd->add_option("--threads", a->threads, "libtorch threads")
+  cmd->add_option("--threads", a->threads, "Engine threads (libtorch, ONNX Runtime, OpenVINO)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
   cmd->add_flag("--json", a->json, "Machine-readable output");

@@ -20,6 +20,7 @@ struct OptimizeArgs {
   std::string data = DefaultDataPath();
   std::string method = "percentile";
   std::string activations = "uint8";
+  bool no_peers = false;
 };
 
 int RunOptimize(OptimizeArgs a) {
@@ -36,6 +37,7 @@ int RunOptimize(OptimizeArgs a) {
   }
   o.quantize.method = *method;
   o.quantize.uint8_activations = a.activations == "uint8";
+  if (a.no_peers) o.peer_quantizers.clear();
   if (o.checkpoint.empty()) {
     // `kiln export` writes <run>/export/model.onnx beside <run>/best.ckpt.
     const fs::path guess = fs::path(a.model).parent_path().parent_path() / "best.ckpt";
@@ -54,9 +56,9 @@ int RunOptimize(OptimizeArgs a) {
   std::printf("%-20s %-8s %12s %12s %14s %9s %9s %9s  %s\n", "variant", "status", "bytes",
               "params", "FLOPs/image", "accuracy", "delta", "agree", "file");
   for (const auto& v : r->manifest["variants"]) {
-    if (v.value("status", "") == "failed" && !v.contains("test_accuracy")) {
-      std::printf("%-20s %-8s %s\n", v.value("name", "?").c_str(), "failed",
-                  v.value("error", "").c_str());
+    if (v.value("status", "") != "ok" && !v.contains("test_accuracy")) {
+      std::printf("%-20s %-8s %s\n", v.value("name", "?").c_str(),
+                  v.value("status", "failed").c_str(), v.value("error", "").c_str());
       continue;
     }
     std::printf("%-20s %-8s %12lld %12lld %14lld %8.2f%% %+8.2f %8.2f%%  %s\n",
@@ -65,7 +67,12 @@ int RunOptimize(OptimizeArgs a) {
                 static_cast<long long>(v.value("parameters", int64_t{0})),
                 static_cast<long long>(v.value("flops_per_image", int64_t{0})),
                 100 * v.value("test_accuracy", 0.0), v.value("accuracy_delta_points", 0.0),
-                100 * v.value("agreement_with_fp32", 0.0), v.value("file", "").c_str());
+                100 * v.value("agreement_with_fp32", 0.0),
+                (v.value("file", "") + (v.contains("peer") ? "  (peer: " +
+                                                                 v["peer"].value("tool", "?") + " " +
+                                                                 v["peer"].value("version", "") + ")"
+                                                           : std::string()))
+                    .c_str());
   }
   std::printf("manifest: %s\n", (o.out_dir / "manifest.json").c_str());
   if (r->gate_failed) {
@@ -143,6 +150,16 @@ void RegisterOptimizeCommand(CLI::App& app, Runner* run) {
                   "Evaluate on the first N test images only (0 = all; for quick runs)")
       ->capture_default_str();
   cmd->add_option("--seed", o.seed, "Seed choosing the calibration images")->capture_default_str();
+  cmd->add_option("--peer-quantizers", o.peer_quantizers,
+                  "The field's INT8 quantizers to run on the same model and calibration images, "
+                  "as peers of int8-static (bench/peer_quantizers.py in .venv): ort-minmax, "
+                  "ort-entropy, nncf")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_flag("--no-peers", a->no_peers, "Run no peer quantizer");
+  cmd->add_option("--python", o.python,
+                  "Python that runs the peer quantizers (default: the source tree's "
+                  ".venv/bin/python)");
   cmd->add_option("--threads", o.threads, "Threads for ONNX Runtime and libtorch")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));

@@ -195,9 +195,9 @@ void RegisterPredictCommand(CLI::App& app, Runner* run) {
   auto* cmd = app.add_subcommand(
       "predict", "Classify image files (JPEG, PNG, BMP, WebP, GIF, TIFF) with an exported model");
   cmd->add_option("--model", a->model, "model.onnx or model.pt from kiln export")->required();
-  cmd->add_option("--backend", a->backend, "auto (by extension), onnxruntime or libtorch")
+  cmd->add_option("--backend", a->backend, "auto (by extension), onnxruntime, libtorch or openvino")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "onnxruntime", "libtorch"}));
+      ->check(CLI::IsMember({"auto", "onnxruntime", "libtorch", "openvino"}));
   cmd->add_option("images", a->inputs, "Image files or folders (every file in a folder, batched)")
       ->required();
   cmd->add_option("-k,--top-k", a->top_k, "Labels to show per image")

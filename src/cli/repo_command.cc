@@ -114,6 +114,8 @@ int RunWrite(RepoWriteArgs a) {
   }
   for (const auto& m : *written) {
     std::cout << "wrote " << m.dir.string() << " (" << m.platform << ")\n";
+    if (!m.reason.empty() && a.options.onnx_backend == "auto")
+      std::cout << "  " << m.reason << "\n";
   }
   // The written repository must pass the strict check (as Triton with auto-completion off).
   auto findings = serve::repo::CheckRepository(o.out, {/*strict=*/true});
@@ -191,8 +193,16 @@ void RegisterRepoCommand(CLI::App& app, Runner* run) {
       ->capture_default_str();
   write
       ->add_option("--threads", w->options.threads,
-                   "Intra-op threads per instance (ONNX Runtime and libtorch parameters)")
+                   "Threads per instance (ONNX Runtime, libtorch and OpenVINO parameters)")
       ->capture_default_str();
+  write
+      ->add_option("--backend", w->options.onnx_backend,
+                   "Engine of the ONNX models: onnxruntime, openvino (Triton's OpenVINO backend) "
+                   "or auto (per model, the faster of the two in --bench-report)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"onnxruntime", "openvino", "auto"}));
+  write->add_option("--bench-report", w->options.bench_report,
+                    "With --backend auto: a kiln bench report.json of the same variants");
   write
       ->add_option("--graph-level", w->options.graph_level,
                    "ONNX Runtime graph optimization level (Triton: -1 basic, 0 all, 1 extended)")

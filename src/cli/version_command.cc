@@ -4,6 +4,7 @@
 
 #include "commands.h"
 #include "kiln/backend/onnxruntime/onnxruntime_backend.h"
+#include "kiln/backend/openvino/openvino_backend.h"
 #include "kiln/core/version.h"
 #include "kiln/train/checkpoint.h"
 
@@ -22,6 +23,8 @@ void RegisterVersionCommand(CLI::App& app, Runner* run) {
       } else {
         std::cout << "onnxruntime: " << ort.status().ToString() << "\n";
       }
+      auto ov = backend::OpenVinoVersion();
+      std::cout << "openvino " << (ov.ok() ? *ov : ov.status().ToString()) << "\n";
       std::cout << "opencv " << CV_VERSION << "\n";
       return ort.ok() ? 0 : kExitFailure;
     };

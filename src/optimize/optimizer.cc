@@ -12,6 +12,7 @@
 #include "kiln/backend/model_metadata.h"
 #include "kiln/core/file.h"
 #include "kiln/core/hash.h"
+#include "kiln/core/process.h"
 #include "kiln/core/version.h"
 #include "kiln/data/cifar10.h"
 #include "kiln/eval/evaluate.h"
@@ -21,6 +22,10 @@
 #include "kiln/optimize/quantize/onnx_graph.h"
 #include "kiln/train/checkpoint.h"
 #include "kiln/train/trainer.h"
+
+#ifndef KILN_SOURCE_DIR
+#define KILN_SOURCE_DIR "."
+#endif
 
 namespace kiln::optimize {
 
@@ -122,6 +127,11 @@ class Optimizer {
       }
     }
 
+    if (!o_.peer_quantizers.empty()) {
+      if (stop_ && stop_->load()) return CancelledError("optimize interrupted");
+      KILN_RETURN_IF_ERROR(RunPeers());
+    }
+
     OptimizeResult r;
     r.manifest = {{"format", "kiln-optimize-1"},
                   {"kiln_version", Version()},
@@ -155,6 +165,8 @@ class Optimizer {
   std::string DisplayName(const std::string& v) const {
     if (v == "pruned") return PrunedName();
     if (v == "pruned-int8") return PrunedName() + "-int8";
+    const auto peers = PeerQuantizerNames();
+    if (std::find(peers.begin(), peers.end(), v) != peers.end()) return PeerVariantName(v);
     return v;
   }
   void Say(const std::string& line) {
@@ -207,7 +219,8 @@ class Optimizer {
                 {"int8_budget", o_.int8_budget},
                 {"prune_budget", o_.prune_budget},
                 {"threads", o_.threads},
-                {"test_limit", o_.test_limit}};
+                {"test_limit", o_.test_limit},
+                {"peer_quantizers", o_.peer_quantizers}};
   }
 
   Status LoadProgress() {
@@ -247,7 +260,8 @@ class Optimizer {
   }
 
   // Records the entry RunVariant just added for `v`, with the digests of its files.
-  Status SaveProgress(const std::string& v) {
+  Status SaveProgress(const std::string& v) { return SaveProgressAs(DisplayName(v)); }
+  Status SaveProgressAs(const std::string& name) {
     const json& e = entries_.back();
     json files = json::object();
     for (const char* key : {"file", "torchscript_file"}) {
@@ -255,7 +269,7 @@ class Optimizer {
       const std::string file = e[key].get<std::string>();
       KILN_ASSIGN_OR_RETURN(files[file], FileDigest(o_.out_dir / file, DigestKind::kSha256));
     }
-    record_["variants"][DisplayName(v)] = {{"entry", e}, {"files", files}};
+    record_["variants"][name] = {{"entry", e}, {"files", files}};
     return WriteFileAtomic(ProgressFile(), record_.dump(1) + "\n");
   }
 
@@ -449,9 +463,101 @@ class Optimizer {
     return InvalidArgumentError("unknown variant '" + v + "'");
   }
 
+  // The peer quantizers (bench/peer_quantizers.py in the project's .venv) on fp32.onnx, fed the
+  // exact calibration tensors Kiln's own quantizer used (written to a scratch file).
+  Status RunPeers() {
+    std::vector<std::string> todo;
+    for (const std::string& q : o_.peer_quantizers) {
+      if (!ReuseVariant(q)) todo.push_back(q);
+    }
+    if (todo.empty()) return Status::Ok();
+    const auto t0 = std::chrono::steady_clock::now();
+    const fs::path source_dir(KILN_SOURCE_DIR);
+    const std::string python =
+        o_.python.empty() ? (source_dir / ".venv" / "bin" / "python").string() : o_.python;
+    const fs::path script =
+        o_.peers_script.empty() ? source_dir / "bench" / "peer_quantizers.py" : o_.peers_script;
+    const fs::path work = o_.out_dir / ".peers";
+    std::error_code ec;
+    fs::remove_all(work, ec);
+    fs::create_directories(work, ec);
+    auto unavailable = [&](const std::string& why) {
+      for (const std::string& q : todo) {
+        entries_.push_back({{"name", PeerVariantName(q)}, {"status", "unavailable"},
+                            {"peer", {{"quantizer", q}}}, {"error", why}});
+        Say(PeerVariantName(q) + " unavailable: " + why);
+      }
+      fs::remove_all(work, ec);
+      return Status::Ok();
+    };
+    const std::vector<float>& images = CalibrationImages();
+    const data::ImageSet& train = dataset_.train;
+    KILN_RETURN_IF_ERROR(WriteFileAtomic(
+        work / "calibration.f32",
+        {reinterpret_cast<const char*>(images.data()), images.size() * sizeof(float)}));
+    std::string quantizers;
+    for (const std::string& q : todo) quantizers += (quantizers.empty() ? "" : ",") + q;
+    const std::vector<std::string> argv = {
+        python, script.string(), "--model", (o_.out_dir / "fp32.onnx").string(),
+        "--calibration", (work / "calibration.f32").string(), "--shape",
+        std::to_string(train.channels) + "," + std::to_string(train.height) + "," +
+            std::to_string(train.width),
+        "--out-dir", work.string(), "--quantizers", quantizers, "--json",
+        (work / "summary.json").string()};
+    Say("peer quantizers: " + CommandLineForDisplay(argv));
+    const Result<int> rc = RunProcess(argv, {.stdout_to_stderr = true});
+    if (!rc.ok()) return unavailable(rc.status().message() + " (run scripts/setup.sh for .venv)");
+    std::ifstream in(work / "summary.json");
+    const json summary = in ? json::parse(in, nullptr, false) : json();
+    if (*rc != 0 || !summary.is_object()) {
+      return unavailable(script.string() + " failed (exit " + std::to_string(*rc) + ")");
+    }
+    const double seconds = Since(t0);
+    for (const std::string& q : todo) {
+      const std::string name = PeerVariantName(q);
+      const json result = summary.value("results", json::object()).value(q, json::object());
+      if (!result.contains("file")) {
+        const std::string why = result.value("error", summary.value("error", std::string("no output")));
+        entries_.push_back({{"name", name}, {"status", "unavailable"},
+                            {"peer", {{"quantizer", q}}}, {"error", why}});
+        Say(name + " unavailable: " + why);
+        continue;
+      }
+      const std::string module = q == "nncf" ? "nncf" : "onnxruntime";
+      json peer = {{"quantizer", q},
+                   {"tool", q == "nncf" ? "NNCF nncf.quantize"
+                                        : std::string("ONNX Runtime quantize_static (") +
+                                              (q == "ort-minmax" ? "MinMax" : "Entropy") + ")"},
+                   {"version", summary.value("versions", json::object()).value(module, "?")},
+                   {"settings", result.value("settings", json::object())},
+                   {"quantize_seconds", result.value("seconds", 0.0)}};
+      // The peer's graph with the FP32 model's Kiln metadata (labels, normalization, drift
+      // reference), which the serving side and kiln bench read.
+      const fs::path out = o_.out_dir / (name + ".onnx");
+      KILN_ASSIGN_OR_RETURN(onnx::ModelProto m, LoadOnnx(result["file"].get<std::string>()));
+      for (const auto& e : source_.metadata_props()) {
+        if (GetMetadata(m, e.key()).empty()) SetMetadata(&m, e.key(), e.value());
+      }
+      SetMetadata(&m, "kiln.quantization", json{{"peer", peer}}.dump());
+      KILN_RETURN_IF_ERROR(SaveOnnx(m, out));
+      Status s = AddEntry(name, out, "", "int8", peer["settings"], seconds, o_.int8_budget, true,
+                          o_.out_dir / "fp32.onnx", peer);
+      if (s.ok()) {
+        KILN_RETURN_IF_ERROR(SaveProgressAs(name));
+      } else {
+        entries_.push_back({{"name", name}, {"status", "unavailable"}, {"peer", peer},
+                            {"error", s.message()}});
+        Say(name + " unavailable: " + s.message());
+      }
+    }
+    fs::remove_all(work, ec);
+    return Status::Ok();
+  }
+
   Status AddEntry(const std::string& name, const fs::path& file, const std::string& torchscript,
                   const std::string& precision, const json& settings, double seconds,
-                  double budget, bool integer, const fs::path& flops_from = {}) {
+                  double budget, bool integer, const fs::path& flops_from = {},
+                  const json& peer = nullptr) {
     KILN_ASSIGN_OR_RETURN(onnx::ModelProto m, LoadOnnx(file));
     // ONNX shape inference does not know ONNX Runtime's fused operators; an optimized graph
     // computes what its source computes.
@@ -486,11 +592,16 @@ class Optimizer {
               {"optimize_seconds", seconds},
               {"status", "ok"}};
     if (!torchscript.empty()) e["torchscript_file"] = torchscript;
+    if (!peer.is_null()) {
+      // Not Kiln's model: compared with, never gated (its status stays "ok").
+      e["peer"] = peer;
+      e["within_budget"] = -delta <= budget;
+    }
     if (integer) {
       KILN_ASSIGN_OR_RETURN(auto ops, RuntimeOperators(file, o_.threads));
       e["runtime_operators"] = ops;
     }
-    if (name != "fp32" && -delta > budget) {
+    if (name != "fp32" && peer.is_null() && -delta > budget) {
       char msg[200];
       std::snprintf(msg, sizeof msg,
                     "accuracy %.2f%% is %.2f points below FP32 (%.2f%%), over the budget of %.2f "
@@ -534,6 +645,14 @@ std::vector<std::string> VariantNames() {
   return {"fp32-opt", "int8-static", "int8-dynamic", "pruned", "pruned-int8"};
 }
 
+std::vector<std::string> PeerQuantizerNames() { return {"ort-minmax", "ort-entropy", "nncf"}; }
+
+std::string PeerVariantName(const std::string& quantizer) {
+  if (quantizer == "ort-minmax") return "ort-int8-minmax";
+  if (quantizer == "ort-entropy") return "ort-int8-entropy";
+  return quantizer + "-int8";
+}
+
 Status OptimizeOptions::Validate() const {
   if (model.empty()) return InvalidArgumentError("an exported ONNX model is required (--model)");
   if (out_dir.empty()) return InvalidArgumentError("an output folder is required (--output)");
@@ -542,6 +661,12 @@ Status OptimizeOptions::Validate() const {
     if (std::find(known.begin(), known.end(), v) == known.end()) {
       return InvalidArgumentError("unknown variant '" + v +
                                   "' (fp32-opt, int8-static, int8-dynamic, pruned, pruned-int8)");
+    }
+  }
+  const auto peers = PeerQuantizerNames();
+  for (const auto& q : peer_quantizers) {
+    if (std::find(peers.begin(), peers.end(), q) == peers.end()) {
+      return InvalidArgumentError("unknown peer quantizer '" + q + "' (ort-minmax, ort-entropy, nncf)");
     }
   }
   KILN_RETURN_IF_ERROR(quantize.Validate());

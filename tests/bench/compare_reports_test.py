@@ -20,9 +20,9 @@ def cell(variant, engine, rounds, ref_rounds):
     return {"variant": variant, "engine": engine, "threads": 2, "batch": 1,
             "median_ms": sorted(rounds)[1], "p90_ms": max(rounds) * 1.01,
             "round_medians_ms": rounds, "ci95_ms": [min(rounds), max(rounds)],
-            "ratio": {"reference": "fp32 / onnxruntime", "rounds": ratios,
-                      "median": sorted(ratios)[1], "min": min(ratios), "max": max(ratios),
-                      "ci95": [min(ratios) - 0.01 * mean, max(ratios) + 0.01 * mean]}}
+            "speedup": {"reference": "fp32 / onnxruntime", "round_ratios": ratios,
+                        "value": mean, "interleaved": True,
+                        "ci95": [min(ratios) - 0.01 * mean, max(ratios) + 0.01 * mean]}}
 
 
 def report(scale=1.0, int8_scale=1.0):
@@ -46,23 +46,23 @@ class CompareReports(unittest.TestCase):
     def test_machine_drift_passes_on_ratios(self):
         code, out = self.run_on(report(), report(scale=1.10))
         self.assertEqual(code, 0, out)
-        self.assertIn("ratios to the reference agree: 1/1", out)
+        self.assertIn("speedups over the reference (fp32 / onnxruntime) agree: 1/1", out)
         self.assertIn("absolute disagrees", out)
         self.assertIn("median +10.0%", out)
 
     def test_a_changed_ratio_fails(self):
         code, out = self.run_on(report(), report(scale=1.10, int8_scale=1.10))
         self.assertEqual(code, 1, out)
-        self.assertIn("ratio disagrees: ('int8-static', 'onnxruntime', '2', 1)", out)
+        self.assertIn("speedup disagrees: ('int8-static', 'onnxruntime', '2', 1)", out)
 
     def test_reports_without_ratios_use_absolute_medians(self):
         a, b = report(), report(scale=1.10)
         for r in (a, b):
             for c in r["results"]:
-                del c["ratio"]
+                del c["speedup"]
         code, out = self.run_on(a, b)
         self.assertEqual(code, 1, out)
-        self.assertIn("no ratios in these reports", out)
+        self.assertIn("no speedups in these reports", out)
         code, out = self.run_on(a, copy.deepcopy(a))
         self.assertEqual(code, 0, out)
 

@@ -3,9 +3,10 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
-#include <set>
 
 #include "../test_util.h"
 
@@ -53,11 +54,10 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("best model within 0.5 points"), std::string::npos) << r.output;
   // Every stage's output.
-  for (const fs::path& f :
-       {out / "train" / "best.ckpt", out / "train" / "summary.json",
-        out / "train" / "export" / "model.onnx", out / "train" / "export" / "model.pt",
-        out / "optimized" / "manifest.json", out / "optimized" / "int8-static.onnx",
-        out / "bench" / "report.json", out / "bench" / "REPORT.md"}) {
+  for (const fs::path& f : {out / "train" / "best.ckpt", out / "train" / "summary.json",
+                           out / "train" / "export" / "model.onnx", out / "train" / "export" / "model.pt",
+                           out / "optimized" / "manifest.json", out / "optimized" / "int8-static.onnx",
+                           out / "bench" / "report.json", out / "bench" / "REPORT.md"}) {
     EXPECT_TRUE(fs::exists(f)) << f;
   }
   for (const char* png : {"throughput.png", "latency_batch1.png", "pareto.png"}) {
@@ -72,38 +72,43 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   EXPECT_GT(report["roof"]["points"][0]["fp32_gflops"].get<double>(), 0.0);
   std::set<std::string> variants;
   for (const json& v : report["variants"]) variants.insert(v["name"]);
-  for (const char* v :
-       {"fp32", "fp32-opt", "int8-static", "int8-dynamic", "pruned-30", "pruned-30-int8"}) {
+  for (const char* v : {"fp32", "fp32-opt", "int8-static", "int8-dynamic", "pruned-30", "pruned-30-int8"}) {
     EXPECT_TRUE(variants.count(v)) << v;
   }
   std::set<std::string> engines;
   for (const json& cell : report["results"]) {
     ExpectConsistentCell(cell);
     engines.insert(cell["engine"]);
-    for (const char* k : {"variant", "engine", "threads", "batch", "peak_rss_bytes",
-                          "roof_fraction", "achieved_gflops", "stable"}) {
+    for (const char* k : {"variant", "engine", "threads", "batch", "memory_bytes", "roof_fraction",
+                          "achieved_gflops", "stable"}) {
       EXPECT_TRUE(cell.contains(k)) << k;
     }
-    EXPECT_GT(cell["peak_rss_bytes"].get<int64_t>(), 0);
+    EXPECT_GE(cell["memory_bytes"].get<int64_t>(), 0);
+    // Kiln's engines at a measured thread count carry their ratio to the reference measured
+    // interleaved with them (the reference itself: 1 within its own bracket's drift).
+    if (cell["threads"].is_number()) {
+      ASSERT_TRUE(cell.contains("speedup")) << cell.dump();
+      EXPECT_GT(cell["speedup"]["value"].get<double>(), 0.0);
+    }
   }
   EXPECT_TRUE(engines.count("onnxruntime"));
+  EXPECT_TRUE(engines.count("openvino"));
   EXPECT_TRUE(engines.count("libtorch"));
   EXPECT_TRUE(engines.count("onnxruntime-default"));
-  // Every cell's speed against FP32 on ONNX Runtime at its threads and batch, same round.
-  for (const json& cell : report["results"]) {
-    ASSERT_TRUE(cell.contains("ratio")) << cell.dump();
-    const bool defaults = cell["threads"].is_string();
-    EXPECT_EQ(cell["ratio"]["reference"],
-              defaults ? "fp32 / onnxruntime-default" : "fp32 / onnxruntime");
-    for (const json& ref : report["results"]) {
-      if (ref["variant"] == "fp32" && ref["threads"] == cell["threads"] &&
-          ref["batch"] == cell["batch"] &&
-          ref["engine"] == (defaults ? "onnxruntime-default" : "onnxruntime")) {
-        EXPECT_DOUBLE_EQ(
-            cell["ratio"]["median"].get<double>(),
-            ref["round_medians_ms"][0].get<double>() / cell["round_medians_ms"][0].get<double>());
-      }
-    }
+  EXPECT_TRUE(engines.count("openvino-default"));
+  // Every (variant, engine) checked on the test images: OpenVINO classifies the FP32 model as
+  // ONNX Runtime does (up to a borderline image), and the INT8 graph nearly so.
+  std::map<std::pair<std::string, std::string>, json> accuracy;
+  for (const json& row : report["accuracy"]) {
+    accuracy[{row["variant"].get<std::string>(), row["engine"].get<std::string>()}] = row;
+  }
+  for (const char* variant : {"fp32", "int8-static"}) {
+    SCOPED_TRACE(variant);
+    const json& ov = accuracy[{variant, "openvino"}];
+    ASSERT_TRUE(ov.contains("accuracy")) << ov.dump();
+    EXPECT_GT(ov["images"].get<int64_t>(), 0);
+    EXPECT_GE(ov["agreement_with_onnxruntime"].get<double>(),
+              std::string(variant) == "fp32" ? 0.998 : 0.97);
   }
   if (report["peers"].value("available", false)) {
     for (const json& cell : report["peers"]["results"]) ExpectConsistentCell(cell);
@@ -111,8 +116,9 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   }
   std::ifstream md_in(out / "bench" / "REPORT.md");
   const std::string md((std::istreambuf_iterator<char>(md_in)), std::istreambuf_iterator<char>());
-  for (const char* section : {"## Roof", "## Summary", "## Drift", "## Conclusions",
-                              "## Full matrix", "## Method", "× reference"}) {
+  for (const char* section : {"## Roof", "## Speed relative to the reference", "## Absolute numbers",
+                              "## Accuracy by engine", "## Conclusions", "## Full matrix",
+                              "## Method"}) {
     EXPECT_NE(md.find(section), std::string::npos) << section;
   }
 
@@ -140,8 +146,8 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
     file_engines.insert(cell["engine"]);
     EXPECT_FALSE(cell.contains("roof_fraction")) << "no FLOPs are known for plain files";
   }
-  EXPECT_EQ(file_engines,
-            (std::set<std::string>{"onnxruntime", "libtorch", "onnxruntime-default"}));
+  EXPECT_EQ(file_engines, (std::set<std::string>{"onnxruntime", "openvino", "libtorch",
+                                                  "onnxruntime-default", "openvino-default"}));
   std::ifstream files_md_in(files_out / "REPORT.md");
   const std::string files_md((std::istreambuf_iterator<char>(files_md_in)),
                              std::istreambuf_iterator<char>());
@@ -175,9 +181,8 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
   std::ofstream(fake) << "#!/bin/sh\nexec /usr/bin/python3 -S \"$@\"\n";
   fs::permissions(fake, fs::perms::owner_all);
   const fs::path again = dir.path() / "bench2";
-  r = testing::RunKiln("bench --quick --variants fp32 --engines onnxruntime --python '" +
-                       fake.string() + "' --manifest '" +
-                       (out / "optimized" / "manifest.json").string() + "' --output '" +
+  r = testing::RunKiln("bench --quick --variants fp32 --engines onnxruntime --python '" + fake.string() +
+                       "' --manifest '" + (out / "optimized" / "manifest.json").string() + "' --output '" +
                        again.string() + "'" + data);
   ASSERT_EQ(r.exit_code, 0) << r.output;
   const json degraded = ReadJson(again / "report.json");

@@ -101,6 +101,7 @@ TEST(CliTest, VersionReportsTheEngines) {
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_TRUE(Contains(r.output, "libtorch 1.")) << r.output;
   EXPECT_TRUE(Contains(r.output, "onnxruntime 1.")) << r.output;
+  EXPECT_TRUE(Contains(r.output, "openvino 2026.")) << r.output;
 }
 
 // train -> eval -> export end to end on a tiny subset; eval reproduces the accuracy train reported.
@@ -157,6 +158,13 @@ TEST(CliTest, TrainEvalExport) {
                      summary.at("test_accuracy").get<double>())
         << file;
   }
+  // And through OpenVINO: the same images classified the same way, up to a borderline image or
+  // two (two engines' f32 kernels sum in different orders; 2 of 10,000 = 0.0002).
+  auto ov = RunKiln("eval --json " + data + " --backend openvino --model '" +
+                    (dir.path() / "export" / "model.onnx").string() + "'");
+  ASSERT_EQ(ov.exit_code, 0) << ov.output;
+  EXPECT_NEAR(nlohmann::json::parse(ov.output).at("accuracy").get<double>(),
+              summary.at("test_accuracy").get<double>(), 0.0002);
   // predict: a folder with two real test images and one broken file.
   const fs::path images = dir.path() / "images";
   fs::create_directories(images);

@@ -127,6 +127,29 @@ TEST(OptimizeCliTest, VariantsAreValidAgreeWithFp32AndTheGateWorks) {
   // The pruned model also ships as TorchScript.
   EXPECT_TRUE(fs::exists(out / "pruned-30.pt"));
 
+  // The peer quantizers (bench/peer_quantizers.py in .venv) on the same model and calibration
+  // images: evaluated like Kiln's variants, marked as peers with their tool and settings, never
+  // gated; a static INT8 graph as small as Kiln's that agrees with FP32.
+  for (const char* name : {"ort-int8-minmax", "ort-int8-entropy", "nncf-int8"}) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(by_name.count(name));
+    const json& v = by_name[name];
+    ASSERT_EQ(v["status"], "ok") << v.dump();
+    ASSERT_TRUE(v.contains("peer")) << v.dump();
+    EXPECT_FALSE(v["peer"].value("tool", "").empty());
+    EXPECT_FALSE(v["peer"].value("version", "").empty());
+    EXPECT_EQ(v["precision"], "int8");
+    EXPECT_EQ(v["test_images"], 10000);
+    EXPECT_LT(v["size_bytes"].get<int64_t>() * 3, fp32["size_bytes"].get<int64_t>());
+    EXPECT_GE(Agreement(out / "fp32.onnx", out / v["file"].get<std::string>(), norm, 1000), 0.97);
+    // Kiln's metadata (labels, normalization, drift reference) is carried over.
+    auto peer = optimize::LoadOnnx(out / v["file"].get<std::string>());
+    KILN_ASSERT_OK(peer.status());
+    EXPECT_EQ(optimize::GetMetadata(*peer, backend::kDriftReferenceKey), source_reference);
+  }
+  EXPECT_EQ(by_name["ort-int8-minmax"]["peer"]["settings"]["calibration_images"], 1024);
+  EXPECT_EQ(by_name["ort-int8-entropy"]["peer"]["settings"]["calibrate_method"], "Entropy");
+
   // A failed accuracy gate exits non-zero and marks the variant failed in the manifest.
   const fs::path gate = dir.path() / "gate";
   // 90% of the channels removed and no fine-tuning: far over a zero-point budget.

@@ -391,6 +391,130 @@ TEST_F(RepoTest, CheckFindsEveryClassicMistake) {
   EXPECT_NE(r.output.find(": 10 error(s)"), std::string::npos) << r.output;
 }
 
+// --backend openvino: every ONNX model for Triton's OpenVINO backend (backend "openvino",
+// default_model_filename "model.onnx", its parameters), served by kiln serve through OpenVINO
+// with auto-completion off: the answers are OpenVINO's, and agree with ONNX Runtime's (FP32
+// within 1e-4; INT8 to the top-1 of every image here). repo check catches the IR default file.
+TEST_F(RepoTest, OpenVinoRepositoryIsServedThroughOpenVino) {
+  TempDir t;
+  const fs::path repo = WriteRepo(t.path() / "models", "--backend openvino --threads 1");
+  const std::string config = Read(repo / "seed-cnn-int8-static" / "config.pbtxt");
+  for (const char* field : {"backend: \"openvino\"", "default_model_filename: \"model.onnx\"",
+                            "\"INFERENCE_NUM_THREADS\" value: { string_value: \"1\" }",
+                            "\"PERFORMANCE_HINT\" value: { string_value: \"LATENCY\" }",
+                            "\"NUM_STREAMS\" value: { string_value: \"1\" }"}) {
+    EXPECT_NE(config.find(field), std::string::npos) << field << "\n" << config;
+  }
+  EXPECT_EQ(config.find("platform:"), std::string::npos) << config;
+  EXPECT_EQ(config.find("graph: {"), std::string::npos) << config;
+  // TorchScript stays with libtorch.
+  EXPECT_NE(Read(repo / "seed-cnn-torchscript" / "config.pbtxt").find("pytorch_libtorch"),
+            std::string::npos);
+  auto check = RunKiln("repo check --strict " + repo.string());
+  EXPECT_EQ(check.exit_code, 0) << check.output;
+
+  ServerProcess server(repo, {"--disable-auto-complete-config"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  const int64_t n = 16;
+  const std::vector<float> images = TestImages(0, n);
+  for (const char* variant : {"fp32", "int8-static"}) {
+    const std::string model = std::string("seed-cnn-") + variant;
+    SCOPED_TRACE(model);
+    ASSERT_EQ(Http(server.url() + "/v2/models/" + model + "/ready").status, 200) << server.Log();
+    auto meta = json::parse(Http(server.url() + "/v2/models/" + model).body);
+    EXPECT_EQ(meta["platform"], "openvino") << meta;
+    json body = {
+        {"inputs",
+         {{{"name", "input"}, {"shape", {n, 3, 32, 32}}, {"datatype", "FP32"}, {"data", images}}}}};
+    HttpRequest req;
+    req.method = "POST";
+    req.body = body.dump();
+    auto res = Http(server.url() + "/v2/models/" + model + "/infer", req);
+    ASSERT_EQ(res.status, 200) << res.body;
+    const auto got = json::parse(res.body)["outputs"][0]["data"].get<std::vector<float>>();
+    ASSERT_EQ(got.size(), static_cast<size_t>(n * 10));
+    for (const char* engine : {"openvino", "onnxruntime"}) {
+      backend::BackendOptions bo;
+      bo.model_path = (Optimized() / (std::string(variant) + ".onnx")).string();
+      bo.intra_op_threads = 1;
+      auto e = backend::CreateBackend(engine, bo);
+      KILN_ASSERT_RESULT_OK(e);
+      std::vector<float> want(static_cast<size_t>(n * 10));
+      KILN_ASSERT_OK((*e)->Run(images.data(), n, want.data()));
+      float max_diff = 0;
+      int top1_differs = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        auto top = [&](const std::vector<float>& v) {
+          return std::max_element(v.begin() + i * 10, v.begin() + i * 10 + 10) -
+                 (v.begin() + i * 10);
+        };
+        top1_differs += top(got) != top(want) ? 1 : 0;
+        for (int k = 0; k < 10; ++k)
+          max_diff = std::max(max_diff, std::abs(got[i * 10 + k] - want[i * 10 + k]));
+      }
+      const bool same_engine = std::string(engine) == "openvino";
+      if (same_engine || std::string(variant) == "fp32") {
+        EXPECT_LE(max_diff, 1e-4f) << engine;
+      }
+      EXPECT_EQ(top1_differs, 0) << engine;
+    }
+  }
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+
+  // Without default_model_filename Triton's OpenVINO backend looks for model.xml (IR).
+  std::string text = Read(repo / "seed-cnn-fp32" / "config.pbtxt");
+  text.erase(text.find("default_model_filename: \"model.onnx\"\n"),
+             std::string("default_model_filename: \"model.onnx\"\n").size());
+  Write(repo / "seed-cnn-fp32" / "config.pbtxt", text);
+  auto lint = RunKiln("repo check " + repo.string());
+  EXPECT_EQ(lint.exit_code, 1) << lint.output;
+  EXPECT_NE(lint.output.find("looks for model.xml (OpenVINO IR) by default"), std::string::npos)
+      << lint.output;
+  EXPECT_NE(lint.output.find("add default_model_filename: \"model.onnx\""), std::string::npos)
+      << lint.output;
+}
+
+// --backend auto: per ONNX model, the faster of ONNX Runtime and OpenVINO in a kiln bench report
+// (speedups over the batch sizes served); the reason is written into the config.
+TEST_F(RepoTest, AutoBackendChoosesTheFasterEngineOfABenchReport) {
+  TempDir t;
+  json results = json::array();
+  auto cell = [&](const char* variant, const char* engine, int64_t batch, double speedup) {
+    results.push_back({{"variant", variant},
+                       {"engine", engine},
+                       {"threads", 2},
+                       {"batch", batch},
+                       {"images_per_second", 1000.0 * speedup},
+                       {"speedup", {{"value", speedup}}}});
+  };
+  for (int64_t b : {1, 8, 64}) {
+    cell("fp32", "onnxruntime", b, 1.0);
+    cell("fp32", "openvino", b, 0.9);
+    cell("int8-static", "onnxruntime", b, 2.0);
+    // OpenVINO is slower at batch 64, which the repository (max batch 16) never runs.
+    cell("int8-static", "openvino", b, b == 64 ? 1.0 : 2.5);
+  }
+  Write(t.path() / "report.json", json{{"results", results}}.dump());
+  const fs::path repo = WriteRepo(
+      t.path() / "models", "--backend auto --bench-report " + (t.path() / "report.json").string());
+  const std::string fp32 = Read(repo / "seed-cnn-fp32" / "config.pbtxt");
+  const std::string int8 = Read(repo / "seed-cnn-int8-static" / "config.pbtxt");
+  EXPECT_NE(fp32.find("platform: \"onnxruntime_onnx\""), std::string::npos) << fp32;
+  EXPECT_NE(int8.find("backend: \"openvino\""), std::string::npos) << int8;
+  EXPECT_NE(int8.find("# Engine: openvino, chosen by kiln repo write --backend auto"),
+            std::string::npos)
+      << int8;
+  EXPECT_NE(int8.find("over batch 1, 8 at 2 threads, openvino 2.500 vs onnxruntime 2.000"),
+            std::string::npos)
+      << int8;
+  // auto needs a report.
+  auto r = RunKiln("repo write --backend auto --manifest " +
+                   (Optimized() / "manifest.json").string() + " --out " +
+                   (t.path() / "other").string() + " --data " + testing::DataArchive().string());
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("--bench-report"), std::string::npos) << r.output;
+}
+
 // --gpu: KIND_GPU and TensorRT FP16 for Triton on a GPU host; INT8 left out. Kiln serves on CPU
 // only, so its server refuses the GPU configs with the reason.
 TEST_F(RepoTest, GpuRepositoryIsForTritonOnAGpuHost) {

@@ -60,11 +60,21 @@ struct BackendOptions {
   // onnxruntime: leave every session option at ONNX Runtime's own default (threads, spinning,
   // arena, level): the "ONNX Runtime default settings" peer of `kiln bench`.
   bool runtime_defaults = false;
-  bool channels_last = true;         // libtorch: feed NHWC (channels-last) tensors
-  bool freeze = true;                // libtorch: torch::jit::freeze + optimize_for_inference
+  bool channels_last = true;  // libtorch: feed NHWC (channels-last) tensors
+  bool freeze = true;         // libtorch: torch::jit::freeze + optimize_for_inference
   // libtorch: input shape [C, H, W] per sample. TorchScript files carry no input shape: Kiln's
   // own archives record it (kiln.input_shape in kTorchScriptMetadataFile); others need it here.
   std::vector<int64_t> sample_shape;
+  // openvino: "LATENCY" (one stream using intra_op_threads; what one request at a time wants)
+  // or "THROUGHPUT" (the plugin chooses several streams, each with a share of the threads).
+  std::string performance_hint = "LATENCY";
+  int streams = 0;  // openvino: NUM_STREAMS; 0 = what the performance hint chooses
+  // openvino: "f32", or "bf16" (OpenVINO's own default on CPUs with AVX512-BF16 or AMX, which
+  // changes results; Kiln asks for f32 unless told otherwise).
+  std::string inference_precision = "f32";
+  // openvino: pin inference threads to cores. Off: on a shared machine a pinned thread cannot
+  // move away from a core another process is using.
+  bool cpu_pinning = false;
 
   Status Validate() const;
 };
@@ -73,7 +83,7 @@ class InferenceBackend {
  public:
   virtual ~InferenceBackend() = default;
 
-  virtual const std::string& name() const = 0;  // "onnxruntime", "libtorch"
+  virtual const std::string& name() const = 0;  // "onnxruntime", "libtorch", "openvino"
   virtual const std::vector<TensorInfo>& inputs() const = 0;
   virtual const std::vector<TensorInfo>& outputs() const = 0;
   virtual Capabilities capabilities() const = 0;

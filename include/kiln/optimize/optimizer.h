@@ -13,6 +13,12 @@
 //   int8-dynamic    the reference project's dynamic INT8 of the fully connected layers
 //   pruned          structured pruning (prune.h) + fine-tuning, named "pruned-<percent>"
 //   pruned-int8     the pruned model, statically quantized ("pruned-<percent>-int8")
+// Peers (OptimizeOptions::peer_quantizers): the same FP32 model quantized from the same
+// calibration images by the field's tools, through bench/peer_quantizers.py in the project's
+// .venv: "ort-int8-minmax" and "ort-int8-entropy" (ONNX Runtime's quantize_static, QDQ,
+// per-channel) and "nncf-int8" (NNCF's post-training quantization). They are evaluated like the
+// variants and marked "peer" in the manifest; the accuracy gate does not apply to them, and a
+// peer that cannot be built (no .venv) is "unavailable" without failing the command.
 // Accuracy gate: a variant that loses more than its budget (percentage points of test accuracy
 // against the FP32 model) is marked "failed" in the manifest, and Optimize returns the
 // manifest with `gate_failed` set — the CLI then exits non-zero.
@@ -32,6 +38,10 @@
 namespace kiln::optimize {
 
 std::vector<std::string> VariantNames();  // fp32-opt, int8-static, int8-dynamic, pruned, pruned-int8
+std::vector<std::string> PeerQuantizerNames();  // ort-minmax, ort-entropy, nncf
+// The manifest name of a peer quantizer's model: ort-minmax -> "ort-int8-minmax", nncf ->
+// "nncf-int8".
+std::string PeerVariantName(const std::string& quantizer);
 
 struct OptimizeOptions {
   std::filesystem::path model;       // exported FP32 ONNX model (with Kiln metadata)
@@ -56,6 +66,11 @@ struct OptimizeOptions {
   double prune_budget = 1.0;  // of pruned variants (pruned-int8: prune + int8 budgets)
   int threads = 2;
   int64_t test_limit = 0;  // evaluate on the first N test images only (tests; 0 = all 10,000)
+
+  // Peer quantizers run by `peers_script` under `python` (empty = none).
+  std::vector<std::string> peer_quantizers = PeerQuantizerNames();
+  std::string python;                 // default: the source tree's .venv/bin/python
+  std::filesystem::path peers_script;  // default: the source tree's bench/peer_quantizers.py
 
   Status Validate() const;
 };

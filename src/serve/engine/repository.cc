@@ -130,6 +130,39 @@ Status Warmup(const ModelInfo& info, const fs::path& model_dir,
   return Status::Ok();
 }
 
+// Triton's OpenVINO backend parameters that Kiln's engine has: PERFORMANCE_HINT (LATENCY |
+// THROUGHPUT), NUM_STREAMS (a number, or AUTO = the hint's choice) and INFERENCE_NUM_THREADS (read
+// with the thread keys above). Its other parameters (RESHAPE_IO_LAYERS, ENABLE_BATCH_PADDING,
+// SKIP_OV_DYNAMIC_BATCHSIZE, ...) are about shapes Kiln's engine handles itself: ignored.
+Status ApplyOpenVinoParameters(const inference::ModelConfig& config, backend::BackendOptions* bo) {
+  auto value = [&](const char* key) -> std::string {
+    auto it = config.parameters().find(key);
+    return it == config.parameters().end() ? std::string() : it->second.string_value();
+  };
+  std::string hint = value("PERFORMANCE_HINT");
+  std::transform(hint.begin(), hint.end(), hint.begin(), ::toupper);
+  if (!hint.empty()) {
+    if (hint != "LATENCY" && hint != "THROUGHPUT") {
+      return InvalidArgumentError(
+          "parameters PERFORMANCE_HINT must be LATENCY or THROUGHPUT, not '" + hint + "'");
+    }
+    bo->performance_hint = hint;
+  }
+  std::string streams = value("NUM_STREAMS");
+  std::transform(streams.begin(), streams.end(), streams.begin(), ::toupper);
+  if (!streams.empty() && streams != "AUTO") {
+    try {
+      bo->streams = std::stoi(streams);
+    } catch (const std::exception&) {
+      return InvalidArgumentError("parameters NUM_STREAMS: not a number or AUTO");
+    }
+    if (bo->streams < 1 || bo->streams > 256) {
+      return InvalidArgumentError("parameters NUM_STREAMS must be in [1, 256]");
+    }
+  }
+  return Status::Ok();
+}
+
 }  // namespace
 
 ModelRepository::ModelRepository(const EngineOptions& options, metrics::Registry* registry)
@@ -358,6 +391,10 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
   const fs::path vdir = model_dir / std::to_string(version);
   inference::ModelConfig config = base;
   std::string platform = config.platform();
+  // Triton's OpenVINO backend is named by `backend` alone (no platform); it reads OpenVINO IR
+  // (model.xml, its default file) or, with default_model_filename, ONNX.
+  const bool openvino = platform.empty() && config.backend() == "openvino";
+  if (openvino) platform = kOpenVinoBackend;
   if (platform.empty()) {
     if (config.backend() == "onnxruntime") platform = kOnnxPlatform;
     if (config.backend() == "pytorch") platform = kTorchPlatform;
@@ -374,11 +411,12 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
       return NotFoundError("version " + std::to_string(version) +
                            ": no model.onnx or model.pt, and the config names no platform");
   }
-  if (platform != kOnnxPlatform && platform != kTorchPlatform) {
+  if (platform != kOnnxPlatform && platform != kTorchPlatform && !openvino) {
     return UnimplementedError("platform '" + platform + "' is not served by Kiln (" +
-                              kOnnxPlatform + ", " + kTorchPlatform + ")");
+                              kOnnxPlatform + ", " + kTorchPlatform + ", backend " +
+                              kOpenVinoBackend + ")");
   }
-  config.set_platform(platform);
+  if (!openvino) config.set_platform(platform);
   if (config.name().empty()) config.set_name(name);
   if (config.name() != name) {
     return InvalidArgumentError("config name '" + config.name() + "' differs from the folder '" +
@@ -386,13 +424,18 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
   }
   const bool onnx = platform == kOnnxPlatform;
   const std::string file = config.default_model_filename().empty()
-                               ? (onnx ? "model.onnx" : "model.pt")
+                               ? (openvino ? "model.xml"
+                                  : onnx   ? "model.onnx"
+                                           : "model.pt")
                                : config.default_model_filename();
   const fs::path model_path = vdir / file;
   if (!fs::exists(model_path, ec)) {
-    return NotFoundError("version " + std::to_string(version) + ": no " + file);
+    return NotFoundError("version " + std::to_string(version) + ": no " + file +
+                         (openvino && fs::exists(vdir / "model.onnx", ec)
+                              ? " (for the ONNX model, add default_model_filename: \"model.onnx\")"
+                              : ""));
   }
-  if (!onnx) {
+  if (!onnx && !openvino) {
     // The classic libtorch failure: a torch.save() pickle instead of a TorchScript archive.
     const std::string head = ReadHead(model_path, 4);  // not the whole model
     if (head.rfind("PK", 0) != 0) {
@@ -406,7 +449,8 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
   for (const auto& g : config.instance_group()) instances += std::max(1, g.count());
   instances = std::max(1, instances);
   int threads = std::max(1, options_.threads / instances);
-  for (const char* key : {"intra_op_thread_count", "INTRA_OP_THREAD_COUNT"}) {
+  for (const char* key :
+       {"intra_op_thread_count", "INTRA_OP_THREAD_COUNT", "INFERENCE_NUM_THREADS"}) {
     auto it = config.parameters().find(key);
     if (it != config.parameters().end()) {
       try {
@@ -425,9 +469,10 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
     const int level = config.optimization().graph().level();
     bo.graph_optimization = level < 0 ? "basic" : level == 1 ? "extended" : "all";
   }
+  if (openvino) KILN_RETURN_IF_ERROR(ApplyOpenVinoParameters(config, &bo));
   std::vector<std::unique_ptr<backend::InferenceBackend>> backends;
   for (int i = 0; i < instances; ++i) {
-    auto b = backend_factory_(onnx ? "onnxruntime" : "libtorch", bo);
+    auto b = backend_factory_(openvino ? "openvino" : onnx ? "onnxruntime" : "libtorch", bo);
     if (!b.ok()) {
       std::string msg = b.status().message();
       if (!onnx && msg.find("version") != std::string::npos) {
@@ -442,7 +487,7 @@ Result<std::shared_ptr<Batcher>> ModelRepository::LoadVersion(
   CompleteOptions co;
   co.default_max_batch_size = options_.default_max_batch_size;
   co.auto_complete = options_.auto_complete_config;
-  co.positional_names = !onnx;
+  co.positional_names = !onnx && !openvino;
   auto inputs = first.inputs();
   auto outputs = first.outputs();
   KILN_RETURN_IF_ERROR(CompleteModelConfig(inputs, outputs, co, &config));

@@ -200,6 +200,7 @@ class ModelChecker {
       }
     }
     std::string platform = config_.platform();
+    if (platform.empty() && config_.backend() == kOpenVinoBackend) return CheckOpenVino(versions);
     if (platform.empty() && config_.backend() == "onnxruntime") platform = kOnnxPlatform;
     if (platform.empty() && config_.backend() == "pytorch") platform = kTorchPlatform;
     const fs::path latest = dir_ / std::to_string(versions.back());
@@ -388,6 +389,49 @@ class ModelChecker {
                              [&](const Tensor& t) { return t.name == c.name(); });
       CheckLabels(c.name(), it != m->outputs.end() ? it->shape : ToVector(c.dims()),
                   c.label_filename());
+    }
+  }
+
+  // Triton's OpenVINO backend: no platform, model.xml unless default_model_filename says
+  // otherwise; ONNX files are checked like the ONNX Runtime backend's, IR is not read here.
+  void CheckOpenVino(const std::vector<int64_t>& versions) {
+    std::error_code ec;
+    CheckBatching();
+    const std::string file =
+        config_.default_model_filename().empty() ? "model.xml" : config_.default_model_filename();
+    for (int64_t v : versions) {
+      const fs::path vdir = dir_ / std::to_string(v);
+      const fs::path path = vdir / file;
+      if (!fs::exists(path, ec)) {
+        if (file == "model.xml" && fs::exists(vdir / "model.onnx", ec)) {
+          Error("version " + std::to_string(v) +
+                    ": backend \"openvino\" looks for model.xml "
+                    "(OpenVINO IR) by default, and this version holds model.onnx",
+                "add default_model_filename: \"model.onnx\" (Triton's OpenVINO backend reads "
+                "ONNX directly)");
+        } else {
+          Error("version " + std::to_string(v) + ": no " + file,
+                "put the model file at " + path.string());
+        }
+        continue;
+      }
+      if (path.extension() == ".onnx") {
+        CheckOnnx(path);
+      } else if (path.extension() == ".xml") {
+        if (!fs::exists(fs::path(path).replace_extension(".bin"), ec)) {
+          Error("version " + std::to_string(v) + ": " + file + " without its weights file " +
+                    fs::path(file).replace_extension(".bin").string(),
+                "copy the .bin written beside the .xml");
+        }
+        Warning(file +
+                    ": OpenVINO IR is not read by kiln repo check (tensor names and dims "
+                    "are not checked)",
+                "");
+      }
+    }
+    if (OnGpu()) {
+      Warning("KIND_GPU with backend \"openvino\": Kiln's OpenVINO engine runs on the CPU",
+              "use kind: KIND_CPU");
     }
   }
 

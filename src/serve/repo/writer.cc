@@ -3,6 +3,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -120,16 +122,22 @@ std::vector<int> PreferredSizes(const WriteOptions& o) {
   return sizes;
 }
 
-std::string ConfigText(const WriteOptions& o, const ModelSource& m, const Opened& model) {
+std::string ConfigText(const WriteOptions& o, const ModelSource& m, const Opened& model,
+                       const EngineChoice& engine) {
+  const bool openvino = !model.torchscript && engine.backend == "openvino";
   std::ostringstream c;
   const std::vector<int> preferred = PreferredSizes(o);
   c << "# Written by `kiln repo write` (Kiln " << Version() << ") from " << m.file.string() << " ("
     << m.variant << ").\n"
     << "# Complete on its own: Triton and `kiln serve --disable-auto-complete-config` load it as "
-       "it is.\n"
-    << "name: " << Quoted(m.name) << "\n";
+       "it is.\n";
+  if (!engine.reason.empty()) c << "# Engine: " << engine.reason << "\n";
+  c << "name: " << Quoted(m.name) << "\n";
   if (model.torchscript) {
     c << "platform: \"pytorch_libtorch\"\nbackend: \"pytorch\"\n";
+  } else if (openvino) {
+    // Triton's OpenVINO backend reads ONNX directly when told the file's name.
+    c << "backend: \"openvino\"\ndefault_model_filename: \"model.onnx\"\n";
   } else {
     c << "platform: \"onnxruntime_onnx\"\nbackend: \"onnxruntime\"\n";
   }
@@ -150,7 +158,13 @@ std::string ConfigText(const WriteOptions& o, const ModelSource& m, const Opened
     // The threads each instance's engine uses; Triton's ONNX Runtime backend reads the lower-case
     // keys, its PyTorch backend the upper-case ones.
     const std::string threads = std::to_string(o.threads);
-    if (model.torchscript) {
+    if (openvino) {
+      // One request at a time per instance: the LATENCY hint's single stream over the threads.
+      c << "parameters { key: \"INFERENCE_NUM_THREADS\" value: { string_value: \"" << threads
+        << "\" } }\n"
+        << "parameters { key: \"PERFORMANCE_HINT\" value: { string_value: \"LATENCY\" } }\n"
+        << "parameters { key: \"NUM_STREAMS\" value: { string_value: \"1\" } }\n";
+    } else if (model.torchscript) {
       c << "parameters { key: \"INTRA_OP_THREAD_COUNT\" value: { string_value: \"" << threads
         << "\" } }\n"
         << "parameters { key: \"INTER_OP_THREAD_COUNT\" value: { string_value: \"1\" } }\n"
@@ -161,7 +175,7 @@ std::string ConfigText(const WriteOptions& o, const ModelSource& m, const Opened
         << "parameters { key: \"inter_op_thread_count\" value: { string_value: \"1\" } }\n";
     }
   }
-  if (!model.torchscript) {
+  if (!model.torchscript && !openvino) {
     c << "optimization {\n  # ONNX Runtime's graph optimizations: -1 basic, 0 all, 1 extended\n"
       << "  graph: { level: " << o.graph_level << " }\n";
     if (o.gpu) {
@@ -203,7 +217,8 @@ Result<std::string> WarmupBytes(const WriteOptions& o, const Opened& model) {
   return bytes;
 }
 
-Status WriteModel(const WriteOptions& o, const ModelSource& m, const fs::path& dir) {
+Status WriteModel(const WriteOptions& o, const ModelSource& m, const EngineChoice& engine,
+                  const fs::path& dir) {
   KILN_ASSIGN_OR_RETURN(Opened model, Open(m));
   std::error_code ec;
   fs::create_directories(dir / "1", ec);
@@ -222,7 +237,7 @@ Status WriteModel(const WriteOptions& o, const ModelSource& m, const fs::path& d
     return InvalidArgumentError(m.file.string() + ": model_warmup: " + warmup.status().message());
   }
   KILN_RETURN_IF_ERROR(WriteFileAtomic(dir / "warmup" / kWarmupFile, *warmup));
-  const std::string config = ConfigText(o, m, model);
+  const std::string config = ConfigText(o, m, model, engine);
   // The writer's own output must parse as the server parses it.
   std::vector<std::string> warnings;
   auto parsed = ParseModelConfig(config, &warnings);
@@ -262,6 +277,19 @@ Status WriteOptions::Validate() const {
   if (graph_level < -1 || graph_level > 1) {
     return InvalidArgumentError("--graph-level must be -1, 0 or 1");
   }
+  if (onnx_backend != "onnxruntime" && onnx_backend != "openvino" && onnx_backend != "auto") {
+    return InvalidArgumentError("--backend must be onnxruntime, openvino or auto");
+  }
+  if (onnx_backend == "auto" && bench_report.empty()) {
+    return InvalidArgumentError(
+        "--backend auto chooses from a kiln bench report: give "
+        "--bench-report report.json");
+  }
+  if (gpu && onnx_backend != "onnxruntime") {
+    return InvalidArgumentError(
+        "--gpu writes ONNX models for ONNX Runtime with TensorRT; Kiln's "
+        "OpenVINO engine runs on the CPU");
+  }
   if (warmup_image.pixels.empty()) {
     return InvalidArgumentError("a warmup image is required (--warmup-image, or --data)");
   }
@@ -279,16 +307,23 @@ Result<std::vector<WrittenModel>> WriteRepository(const WriteOptions& o) {
                                 " exists (--force replaces the models written again)");
     }
   }
+  std::map<std::string, EngineChoice> engines;
+  if (o.onnx_backend == "auto") {
+    KILN_ASSIGN_OR_RETURN(engines,
+                          ChooseEngines(o.bench_report, o.models, o.threads, o.max_batch_size));
+  }
   std::vector<WrittenModel> written;
   const std::string tag = "." + std::to_string(getpid());
   for (const auto& m : o.models) {
     if (o.gpu && m.integer) continue;
+    EngineChoice engine{o.onnx_backend == "auto" ? "onnxruntime" : o.onnx_backend, ""};
+    if (auto it = engines.find(m.name); it != engines.end()) engine = it->second;
     // Built beside its final place, then renamed in: a reader (a polling server) sees the old
     // model or the new one, never half of one.
     const fs::path final_dir = o.out / m.name;
     const fs::path tmp = o.out / ("." + m.name + tag + ".tmp");
     fs::remove_all(tmp, ec);
-    Status s = WriteModel(o, m, tmp);
+    Status s = WriteModel(o, m, engine, tmp);
     if (s.ok()) {
       const fs::path old = o.out / ("." + m.name + tag + ".old");
       if (fs::exists(final_dir, ec)) fs::rename(final_dir, old, ec);
@@ -300,9 +335,81 @@ Result<std::vector<WrittenModel>> WriteRepository(const WriteOptions& o) {
       fs::remove_all(tmp, ec);
       return s;
     }
-    written.push_back({m.name, IsTorchScript(m.file) ? kTorchPlatform : kOnnxPlatform, final_dir});
+    const bool torchscript = IsTorchScript(m.file);
+    written.push_back({m.name,
+                       torchscript                          ? kTorchPlatform
+                       : engine.backend == kOpenVinoBackend ? kOpenVinoBackend
+                                                            : kOnnxPlatform,
+                       torchscript ? std::string() : engine.reason, final_dir});
   }
   return written;
+}
+
+Result<std::map<std::string, EngineChoice>> ChooseEngines(const fs::path& bench_report,
+                                                          const std::vector<ModelSource>& models,
+                                                          int threads, int max_batch_size) {
+  std::ifstream in(bench_report);
+  if (!in) return NotFoundError(bench_report.string() + ": cannot read the bench report");
+  json report = json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!report.is_object() || !report.contains("results") || !report["results"].is_array()) {
+    return InvalidArgumentError(bench_report.string() + ": not a kiln bench report.json");
+  }
+  // The thread count to compare at: the repository's, else the report's largest.
+  std::set<int> counts;
+  for (const json& r : report["results"]) {
+    if (r.is_object() && r.contains("threads") && r["threads"].is_number_integer())
+      counts.insert(r["threads"].get<int>());
+  }
+  const int at = counts.count(threads) || counts.empty() ? threads : *counts.rbegin();
+  std::map<std::string, EngineChoice> out;
+  for (const ModelSource& m : models) {
+    if (IsTorchScript(m.file)) continue;
+    // Geometric mean of each engine's speedups (else images/s) over the batch sizes served.
+    std::map<std::string, std::pair<double, int>> score;  // engine -> (sum of logs, count)
+    std::map<std::string, std::map<int64_t, double>> cells;
+    for (const json& r : report["results"]) {
+      if (!r.is_object() || r.value("variant", std::string()) != m.variant ||
+          !r.contains("threads") || !r["threads"].is_number_integer() ||
+          r["threads"].get<int>() != at || r.value("batch", int64_t{0}) > max_batch_size) {
+        continue;
+      }
+      const std::string e = r.value("engine", std::string());
+      if (e != "onnxruntime" && e != "openvino") continue;
+      const double v = r.contains("speedup") && r["speedup"].is_object()
+                           ? r["speedup"].value("value", 0.0)
+                           : r.value("images_per_second", 0.0);
+      if (v > 0) cells[e][r.value("batch", int64_t{0})] = v;
+    }
+    EngineChoice choice{"onnxruntime", ""};
+    if (cells["onnxruntime"].empty() || cells["openvino"].empty()) {
+      choice.reason = "onnxruntime (--backend auto: " + bench_report.string() + " has no cell of " +
+                      m.variant + " on both onnxruntime and openvino)";
+      out[m.name] = choice;
+      continue;
+    }
+    std::string batches;
+    for (const auto& [b, v] : cells["onnxruntime"]) {
+      if (!cells["openvino"].count(b)) continue;
+      for (const char* e : {"onnxruntime", "openvino"}) {
+        score[e].first += std::log(cells[e][b]);
+        score[e].second += 1;
+      }
+      batches += (batches.empty() ? "" : ", ") + std::to_string(b);
+    }
+    const double ort =
+        std::exp(score["onnxruntime"].first / std::max(1, score["onnxruntime"].second));
+    const double ov = std::exp(score["openvino"].first / std::max(1, score["openvino"].second));
+    choice.backend = ov > ort ? "openvino" : "onnxruntime";
+    char line[400];
+    std::snprintf(line, sizeof line,
+                  "%s, chosen by kiln repo write --backend auto from %s: geometric mean speedup "
+                  "over batch %s at %d threads, openvino %.3f vs onnxruntime %.3f",
+                  choice.backend.c_str(), bench_report.string().c_str(), batches.c_str(), at, ov,
+                  ort);
+    choice.reason = line;
+    out[m.name] = choice;
+  }
+  return out;
 }
 
 Result<std::vector<ModelSource>> SourcesFromManifest(const fs::path& manifest,
@@ -331,6 +438,11 @@ Result<std::vector<ModelSource>> SourcesFromManifest(const fs::path& manifest,
     if (v.value("status", std::string()) != "ok") {
       skip("failed its accuracy gate or did not build (" + v.value("error", std::string("?")) +
            ")");
+      continue;
+    }
+    if (v.contains("peer")) {
+      skip("a peer quantizer's model (" + v["peer"].value("tool", std::string("?")) +
+           "), measured beside Kiln's int8-static, not deployed");
       continue;
     }
     if (name == "fp32-opt") {

@@ -13,11 +13,13 @@
 
 namespace kiln::backend {
 
-// Creates a backend by name ("onnxruntime", "libtorch"). Unknown names are
-// InvalidArgument listing the known ones.
+// Creates a backend by name ("onnxruntime", "libtorch", "openvino"). Unknown names are
+// InvalidArgument listing the known ones; "openvino" in a build without OpenVINO (a serve-only
+// build on a machine where scripts/setup.sh did not provision it) is Unimplemented.
 Result<std::unique_ptr<InferenceBackend>> CreateBackend(const std::string& name,
                                                         const BackendOptions& options);
 
+// The engines this build has.
 std::vector<std::string> BackendNames();
 
 }  // namespace kiln::backend

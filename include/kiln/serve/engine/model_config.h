@@ -23,6 +23,9 @@ namespace kiln::serve {
 
 inline constexpr const char* kOnnxPlatform = "onnxruntime_onnx";
 inline constexpr const char* kTorchPlatform = "pytorch_libtorch";
+// Triton's OpenVINO backend: `backend: "openvino"` and no platform (ONNX with
+// default_model_filename: "model.onnx", or OpenVINO IR model.xml, its default).
+inline constexpr const char* kOpenVinoBackend = "openvino";
 
 // Parses config.pbtxt. Syntax errors are InvalidArgument naming line and column.
 Result<inference::ModelConfig> ParseModelConfig(std::string_view text,

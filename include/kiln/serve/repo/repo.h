@@ -14,6 +14,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,22 @@ struct ModelSource {
   bool integer = false;        // integer (INT8) kernels: not written for GPU hosts
 };
 
+// The engine an ONNX model is written for (TorchScript is always pytorch_libtorch).
+struct EngineChoice {
+  std::string backend;  // "onnxruntime" or "openvino"
+  std::string reason;   // why (written into config.pbtxt as a comment)
+};
+
+// For `onnx_backend` "auto": per ONNX model, the faster of ONNX Runtime and OpenVINO (with
+// Kiln's settings) in a `kiln bench` report of the same variants: the geometric mean over the
+// batch sizes up to `max_batch_size` of each engine's speedup (its ratio to the report's
+// reference, measured interleaved), at `threads` (else the report's largest thread count).
+// ONNX Runtime when the report has no cell of the variant on one of them. NotFound/InvalidArgument
+// for an unreadable report.
+Result<std::map<std::string, EngineChoice>> ChooseEngines(const std::filesystem::path& bench_report,
+                                                          const std::vector<ModelSource>& models,
+                                                          int threads, int max_batch_size);
+
 struct WriteOptions {
   std::filesystem::path out;  // the repository folder (created; existing models need `force`)
   std::vector<ModelSource> models;
@@ -41,7 +58,13 @@ struct WriteOptions {
   std::vector<int> preferred_batch_sizes;
   int64_t max_queue_delay_us = 1000;
   int instances = 1;  // instance_group count
-  int threads = 2;    // intra-op threads per instance (ONNX Runtime, libtorch)
+  int threads = 2;    // intra-op threads per instance (ONNX Runtime, libtorch, OpenVINO)
+  // The engine of ONNX models: "onnxruntime" (platform onnxruntime_onnx), "openvino" (Triton's
+  // OpenVINO backend: backend "openvino", default_model_filename "model.onnx", its
+  // PERFORMANCE_HINT / NUM_STREAMS / INFERENCE_NUM_THREADS parameters) or "auto" (per model,
+  // the faster of the two in `bench_report`, see ChooseEngines).
+  std::string onnx_backend = "onnxruntime";
+  std::filesystem::path bench_report;  // a kiln bench report.json, for "auto"
   // Triton's ONNX Runtime graph optimization level: -1 basic, 0 all (ONNX Runtime's default),
   // 1 extended.
   int graph_level = 0;
@@ -58,7 +81,8 @@ struct WriteOptions {
 
 struct WrittenModel {
   std::string name;
-  std::string platform;  // onnxruntime_onnx | pytorch_libtorch
+  std::string platform;  // onnxruntime_onnx | pytorch_libtorch | openvino (a backend)
+  std::string reason;    // why this engine (with "auto")
   std::filesystem::path dir;
 };
 
@@ -71,9 +95,10 @@ Result<std::vector<WrittenModel>> WriteRepository(const WriteOptions& options);
 // The models of a `kiln optimize` manifest: every variant that passed its accuracy gate, named
 // "<prefix>-<variant>" (prefix "" = the manifest's architecture), and the TorchScript exports as
 // "<prefix>-torchscript" (FP32) and "<prefix>-<variant>-torchscript" (e.g. the pruned model). Left
-// out, with the reason in `skipped`: failed variants and fp32-opt (ONNX Runtime's saved optimized
+// out, with the reason in `skipped`: failed variants, fp32-opt (ONNX Runtime's saved optimized
 // graph, tied to the ONNX Runtime version and CPU that wrote it; the same optimizations run when
-// the FP32 model loads).
+// the FP32 model loads) and the peer quantizers' models (measured beside Kiln's, not Kiln's to
+// deploy).
 Result<std::vector<ModelSource>> SourcesFromManifest(const std::filesystem::path& manifest,
                                                      const std::string& prefix,
                                                      std::vector<std::string>* skipped = nullptr);
