@@ -74,6 +74,50 @@ Status InferenceBackend::ValidateInputShape(const std::vector<int64_t>& shape) c
   return Status::Ok();
 }
 
+Status InferenceBackend::CheckBatch(int64_t batch) const {
+  if (batch <= 0) return InvalidArgumentError("batch must be positive");
+  const Capabilities caps = capabilities();
+  if (!caps.dynamic_batch && batch != caps.max_batch) {
+    return InvalidArgumentError("model '" + inputs().at(0).name + "' has a fixed batch of " +
+                                std::to_string(caps.max_batch) + ", got " + std::to_string(batch));
+  }
+  return Status::Ok();
+}
+
+Status CheckModelSignature(const std::string& model_path, const std::vector<TensorInfo>& inputs,
+                           const std::vector<TensorInfo>& outputs) {
+  if (inputs.size() != 1 || outputs.empty()) {
+    return InvalidArgumentError(model_path +
+                                ": expected exactly one input and at least one output, found " +
+                                std::to_string(inputs.size()) + " inputs and " +
+                                std::to_string(outputs.size()) + " outputs");
+  }
+  for (const TensorInfo* t : {&inputs[0], &outputs[0]}) {
+    if (t->dtype != DataType::kFloat32) {
+      return InvalidArgumentError(model_path + ": tensor '" + t->name + "' is " +
+                                  std::string(DataTypeName(t->dtype)) +
+                                  ", Kiln backends take FP32");
+    }
+    if (t->shape.empty()) {
+      return InvalidArgumentError(model_path + ": tensor '" + t->name + "' is a scalar");
+    }
+    for (size_t d = 1; d < t->shape.size(); ++d) {
+      if (t->shape[d] < 0) {
+        return InvalidArgumentError(model_path + ": tensor '" + t->name +
+                                    "' has a dynamic non-batch dimension");
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Capabilities SignatureCapabilities(const TensorInfo& input, const TensorInfo& output) {
+  Capabilities c;
+  c.dynamic_batch = input.shape[0] < 0 && output.shape[0] < 0;
+  c.max_batch = c.dynamic_batch ? 0 : input.shape[0];
+  return c;
+}
+
 int64_t InferenceBackend::InputElementsPerSample() const { return PerSample(inputs().at(0)); }
 int64_t InferenceBackend::OutputElementsPerSample() const { return PerSample(outputs().at(0)); }
 

@@ -99,8 +99,22 @@ class InferenceBackend {
   // InvalidArgument naming both shapes. Callers holding shaped requests check before Run().
   Status ValidateInputShape(const std::vector<int64_t>& shape) const;
 
+  // OK when Run() can take `batch` samples: positive, and equal to the model's fixed batch when
+  // it has one (capabilities()); otherwise InvalidArgument. Engines call it first in Run().
+  Status CheckBatch(int64_t batch) const;
+
   // Runs the model on `batch` samples of the first input, writing the first output.
   virtual Status Run(const float* input, int64_t batch, float* output) = 0;
 };
+
+// What every engine that reads a model file's signature requires of it (ONNX Runtime and
+// OpenVINO): exactly one input and at least one output; the first input and output FP32, not
+// scalars, with only the first (batch) dimension dynamic. InvalidArgument naming `model_path`.
+Status CheckModelSignature(const std::string& model_path, const std::vector<TensorInfo>& inputs,
+                           const std::vector<TensorInfo>& outputs);
+
+// The batch capabilities a signature implies: a dynamic batch when the first dimension of both
+// the input and the output is dynamic, else the input's fixed batch.
+Capabilities SignatureCapabilities(const TensorInfo& input, const TensorInfo& output);
 
 }  // namespace kiln::backend

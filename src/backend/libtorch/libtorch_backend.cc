@@ -74,7 +74,7 @@ class LibtorchBackend : public InferenceBackend {
   }
 
   Status Run(const float* input, int64_t batch, float* output) override {
-    if (batch <= 0) return InvalidArgumentError("batch must be positive");
+    KILN_RETURN_IF_ERROR(CheckBatch(batch));
     try {
       c10::InferenceMode guard;
       std::vector<int64_t> shape = inputs_[0].shape;

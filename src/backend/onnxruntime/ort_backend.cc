@@ -90,27 +90,8 @@ class OrtBackend : public InferenceBackend {
       return InvalidArgumentError(o.model_path +
                                   ": ONNX Runtime cannot load the model: " + e.what());
     }
-    if (backend->inputs_.size() != 1 || backend->outputs_.empty()) {
-      return InvalidArgumentError(o.model_path +
-                                  ": expected exactly one input and at least one output, found " +
-                                  std::to_string(backend->inputs_.size()) + " inputs and " +
-                                  std::to_string(backend->outputs_.size()) + " outputs");
-    }
-    for (const TensorInfo* t : {&backend->inputs_[0], &backend->outputs_[0]}) {
-      if (t->dtype != DataType::kFloat32) {
-        return InvalidArgumentError(o.model_path + ": tensor '" + t->name + "' is " +
-                                    std::string(DataTypeName(t->dtype)) +
-                                    ", Kiln backends take FP32");
-      }
-      if (t->shape.empty())
-        return InvalidArgumentError(o.model_path + ": tensor '" + t->name + "' is a scalar");
-      for (size_t d = 1; d < t->shape.size(); ++d) {
-        if (t->shape[d] < 0) {
-          return InvalidArgumentError(o.model_path + ": tensor '" + t->name +
-                                      "' has a dynamic non-batch dimension");
-        }
-      }
-    }
+    KILN_RETURN_IF_ERROR(
+        CheckModelSignature(o.model_path, backend->inputs_, backend->outputs_));
     return std::unique_ptr<InferenceBackend>(std::move(backend));
   }
 
@@ -119,20 +100,11 @@ class OrtBackend : public InferenceBackend {
   const std::vector<TensorInfo>& outputs() const override { return outputs_; }
   const std::map<std::string, std::string>& metadata() const override { return metadata_; }
   Capabilities capabilities() const override {
-    Capabilities c;
-    c.dynamic_batch = inputs_[0].shape[0] < 0 && outputs_[0].shape[0] < 0;
-    c.max_batch = c.dynamic_batch ? 0 : inputs_[0].shape[0];
-    return c;
+    return SignatureCapabilities(inputs_[0], outputs_[0]);
   }
 
   Status Run(const float* input, int64_t batch, float* output) override {
-    const Capabilities caps = capabilities();
-    if (batch <= 0) return InvalidArgumentError("batch must be positive");
-    if (!caps.dynamic_batch && batch != caps.max_batch) {
-      return InvalidArgumentError("model '" + inputs_[0].name + "' has a fixed batch of " +
-                                  std::to_string(caps.max_batch) + ", got " +
-                                  std::to_string(batch));
-    }
+    KILN_RETURN_IF_ERROR(CheckBatch(batch));
     try {
       std::vector<int64_t> in_shape = inputs_[0].shape;
       in_shape[0] = batch;

@@ -73,7 +73,8 @@ class OpenVinoBackend : public InferenceBackend {
         backend->outputs_.push_back(std::move(t));
       }
       backend->metadata_ = FrameworkMetadata(*model);
-      KILN_RETURN_IF_ERROR(backend->CheckTensors(o.model_path));
+      KILN_RETURN_IF_ERROR(
+          CheckModelSignature(o.model_path, backend->inputs_, backend->outputs_));
 
       ov::AnyMap config = {
           ov::inference_num_threads(o.intra_op_threads),
@@ -101,24 +102,15 @@ class OpenVinoBackend : public InferenceBackend {
   const std::vector<TensorInfo>& outputs() const override { return outputs_; }
   const std::map<std::string, std::string>& metadata() const override { return metadata_; }
   Capabilities capabilities() const override {
-    Capabilities c;
-    c.dynamic_batch = inputs_[0].shape[0] < 0 && outputs_[0].shape[0] < 0;
-    c.max_batch = c.dynamic_batch ? 0 : inputs_[0].shape[0];
-    return c;
+    return SignatureCapabilities(inputs_[0], outputs_[0]);
   }
 
   Status Run(const float* input, int64_t batch, float* output) override {
-    const Capabilities caps = capabilities();
-    if (batch <= 0) return InvalidArgumentError("batch must be positive");
-    if (!caps.dynamic_batch && batch != caps.max_batch) {
-      return InvalidArgumentError("model '" + inputs_[0].name + "' has a fixed batch of " +
-                                  std::to_string(caps.max_batch) + ", got " +
-                                  std::to_string(batch));
-    }
+    KILN_RETURN_IF_ERROR(CheckBatch(batch));
     const int64_t in_per = InputElementsPerSample();
     const int64_t out_per = OutputElementsPerSample();
     // One slice per stream (only a dynamic batch can be split); slices differ by at most one.
-    const int64_t slices = caps.dynamic_batch ? std::min<int64_t>(streams_, batch) : 1;
+    const int64_t slices = capabilities().dynamic_batch ? std::min<int64_t>(streams_, batch) : 1;
     try {
       int64_t begin = 0;
       for (int64_t s = 0; s < slices; ++s) {
@@ -167,33 +159,6 @@ class OpenVinoBackend : public InferenceBackend {
 
  private:
   OpenVinoBackend() = default;
-
-  // Kiln's contract: one FP32 input, FP32 outputs, only the batch dimension dynamic.
-  Status CheckTensors(const std::string& path) const {
-    if (inputs_.size() != 1 || outputs_.empty()) {
-      return InvalidArgumentError(path +
-                                  ": expected exactly one input and at least one output, found " +
-                                  std::to_string(inputs_.size()) + " inputs and " +
-                                  std::to_string(outputs_.size()) + " outputs");
-    }
-    for (const TensorInfo* t : {&inputs_[0], &outputs_[0]}) {
-      if (t->dtype != DataType::kFloat32) {
-        return InvalidArgumentError(path + ": tensor '" + t->name + "' is " +
-                                    std::string(DataTypeName(t->dtype)) +
-                                    ", Kiln backends take FP32");
-      }
-      if (t->shape.empty()) {
-        return InvalidArgumentError(path + ": tensor '" + t->name + "' is a scalar");
-      }
-      for (size_t d = 1; d < t->shape.size(); ++d) {
-        if (t->shape[d] < 0) {
-          return InvalidArgumentError(path + ": tensor '" + t->name +
-                                      "' has a dynamic non-batch dimension");
-        }
-      }
-    }
-    return Status::Ok();
-  }
 
   std::string name_ = "openvino";
   ov::CompiledModel compiled_;
