@@ -103,6 +103,7 @@ struct EngineSpec {
   bool defaults = false;
   std::string hint = "LATENCY";  // OpenVINO performance hint
   std::string what;              // for the report's method
+  std::string precision = "f32";  // OpenVINO inference precision
 };
 const std::vector<EngineSpec>& EngineCatalog() {
   static const std::vector<EngineSpec> catalog = {
@@ -114,6 +115,11 @@ const std::vector<EngineSpec>& EngineCatalog() {
        "f32 inference precision, no pinning)"},
       {"openvino-throughput", "openvino", false, "THROUGHPUT",
        "OpenVINO with the THROUGHPUT hint (the plugin's streams; a batch is split between them)"},
+      {"openvino-bf16", "openvino", false, "LATENCY",
+       "OpenVINO with Kiln's settings but bfloat16 inference precision (HINT_BF16 in a "
+       "config.pbtxt; on CPUs with AVX512-BF16 or AMX; results change slightly: see its "
+       "accuracy)",
+       "bf16"},
       {"libtorch", "libtorch", false, "LATENCY",
        "libtorch running the TorchScript export (frozen, channels-last, inference mode)"},
       {"onnxruntime-default", "onnxruntime", true, "LATENCY",
@@ -525,6 +531,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
     bo.intra_op_threads = std::max(job.threads, 1);
     bo.runtime_defaults = job.engine.defaults;
     bo.performance_hint = job.engine.hint;
+    bo.inference_precision = job.engine.precision;
     return bo;
   };
 
@@ -582,6 +589,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
   // column in the same round is then free of the machine's drift over minutes.
   std::map<std::pair<size_t, int64_t>, Samples> samples;  // (job, batch) -> samples
   std::map<size_t, int64_t> memory;                       // job -> RSS its loading added
+  std::map<size_t, std::map<std::string, std::string>> settings;  // job -> engine's own account
   std::map<size_t, std::string> failed;                   // job -> why it could not run
   // (threads, batch) -> the reference's median in each round, and its start/end difference.
   std::map<std::pair<int, int64_t>, std::vector<double>> reference_medians;
@@ -621,6 +629,12 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
             KILN_RETURN_IF_ERROR((*engine)->Run(inputs.data(), batch, out.data()));
           }
           memory[j] = std::max<int64_t>(0, ResidentBytes() - before);
+          settings[j] = (*engine)->settings();
+          if (!settings[j].empty()) {
+            std::string line;
+            for (const auto& [key, value] : settings[j]) line += " " + key + "=" + value;
+            say(jobs[j].name + " / " + jobs[j].engine.label + " runs with" + line);
+          }
         }
         engines[j] = std::move(engine).value();
       }
@@ -745,6 +759,7 @@ Result<json> RunBench(const BenchOptions& o, std::ostream* progress,
       cell["batch"] = batch;
       cell["round_medians_ms"] = s.round_medians;
       if (memory.count(j)) cell["memory_bytes"] = memory[j];
+      if (settings.count(j) && !settings[j].empty()) cell["engine_settings"] = settings[j];
       if (!s.round_ratios.empty()) {
         cell["speedup"] = RatioJson(s.round_ratios, reference_label, true);
       }

@@ -104,8 +104,10 @@ void RegisterBenchCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--variants", o.variants, "Only these variants (default: every one that passed)")
       ->delimiter(',');
   cmd->add_option("--engines", o.engines,
-                  "onnxruntime, openvino, libtorch (Kiln's settings), openvino-throughput, "
-                  "onnxruntime-default, openvino-default (the runtimes' own defaults)")
+                  "onnxruntime, openvino, openvino-bf16, libtorch (Kiln's settings; "
+                  "openvino-bf16 runs bfloat16, which changes results slightly), "
+                  "openvino-throughput, onnxruntime-default, openvino-default (the runtimes' own "
+                  "defaults)")
       ->delimiter(',')
       ->capture_default_str();
   cmd->add_option("--batch-sizes", o.batch_sizes, "Batch sizes")->delimiter(',')->capture_default_str();

@@ -9,9 +9,12 @@
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
 
+#include <openvino/openvino.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <sstream>
 
 #include "../test_models.h"
 #include "../test_util.h"
@@ -160,6 +163,44 @@ TEST_F(OpenVinoTest, BatchSizesThreadsHintsAndStreamsGiveTheSameLogits) {
   BackendOptions streams;
   streams.streams = 3;
   EXPECT_LE(Compare(base, Logits("openvino", Fp32(), images, n, n, streams), 10).max_abs, 1e-5f);
+}
+
+// Kiln's settings are the ones the plugin compiled with; with runtime_defaults no property is
+// set (the options' threads are ignored) and the plugin's own defaults hold, as OpenVINO's Core
+// reports them for the CPU device.
+TEST_F(OpenVinoTest, SettingsAreKilnsUnlessTheRuntimeDefaultsAreAsked) {
+  BackendOptions kiln;
+  kiln.model_path = Fp32();
+  kiln.intra_op_threads = 1;
+  auto engine = CreateBackend("openvino", kiln);
+  KILN_ASSERT_OK(engine.status());
+  auto s = (*engine)->settings();
+  EXPECT_EQ(s["inference_num_threads"], "1");
+  EXPECT_EQ(s["inference_precision"], "f32");
+  EXPECT_EQ(s["enable_cpu_pinning"], "false");
+  EXPECT_EQ(s["performance_hint"], "LATENCY");
+  EXPECT_EQ(s["num_streams"], "1");
+
+  BackendOptions defaults = kiln;
+  defaults.runtime_defaults = true;
+  auto peer = CreateBackend("openvino", defaults);
+  KILN_ASSERT_OK(peer.status());
+  s = (*peer)->settings();
+  ov::Core core;
+  std::ostringstream hint;
+  hint << core.get_property("CPU", ov::hint::performance_mode);
+  EXPECT_EQ(s["performance_hint"], hint.str());
+  EXPECT_EQ(s["inference_precision"],
+            core.get_property("CPU", ov::hint::inference_precision).get_type_name());
+  EXPECT_EQ(s["enable_cpu_pinning"],
+            core.get_property("CPU", ov::hint::enable_cpu_pinning) ? "true" : "false");
+  // The device's default thread count is 0, "the plugin decides when it compiles".
+  const int32_t threads = core.get_property("CPU", ov::inference_num_threads);
+  if (threads > 0) {
+    EXPECT_EQ(s["inference_num_threads"], std::to_string(threads));
+  } else {
+    EXPECT_GE(std::stoi(s["inference_num_threads"]), 1);
+  }
 }
 
 TEST_F(OpenVinoTest, ShapesAndKilnMetadataComeFromTheOnnxFile) {

@@ -90,9 +90,24 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
       ASSERT_TRUE(cell.contains("speedup")) << cell.dump();
       EXPECT_GT(cell["speedup"]["value"].get<double>(), 0.0);
     }
+    // OpenVINO says what it compiled with: Kiln's f32 for "openvino", bf16 asked for by
+    // "openvino-bf16" (the plugin keeps f32 on a CPU without bf16), its own choice for the peer.
+    const std::string engine = cell["engine"];
+    if (engine.rfind("openvino", 0) == 0) {
+      ASSERT_TRUE(cell.contains("engine_settings")) << cell.dump();
+      const std::string precision = cell["engine_settings"]["inference_precision"];
+      if (engine == "openvino") {
+        EXPECT_EQ(precision, "f32");
+        EXPECT_EQ(cell["engine_settings"]["enable_cpu_pinning"], "false");
+      }
+      if (engine == "openvino-bf16") {
+        EXPECT_TRUE(precision == "bf16" || precision == "f32") << precision;
+      }
+    }
   }
   EXPECT_TRUE(engines.count("onnxruntime"));
   EXPECT_TRUE(engines.count("openvino"));
+  EXPECT_TRUE(engines.count("openvino-bf16"));
   EXPECT_TRUE(engines.count("libtorch"));
   EXPECT_TRUE(engines.count("onnxruntime-default"));
   EXPECT_TRUE(engines.count("openvino-default"));
@@ -146,8 +161,9 @@ TEST(PipelineTest, QuickRunProducesEveryStageAndAConsistentReport) {
     file_engines.insert(cell["engine"]);
     EXPECT_FALSE(cell.contains("roof_fraction")) << "no FLOPs are known for plain files";
   }
-  EXPECT_EQ(file_engines, (std::set<std::string>{"onnxruntime", "openvino", "libtorch",
-                                                  "onnxruntime-default", "openvino-default"}));
+  EXPECT_EQ(file_engines,
+            (std::set<std::string>{"onnxruntime", "openvino", "openvino-bf16", "libtorch",
+                                   "onnxruntime-default", "openvino-default"}));
   std::ifstream files_md_in(files_out / "REPORT.md");
   const std::string files_md((std::istreambuf_iterator<char>(files_md_in)),
                              std::istreambuf_iterator<char>());

@@ -474,6 +474,67 @@ TEST_F(RepoTest, OpenVinoRepositoryIsServedThroughOpenVino) {
       << lint.output;
 }
 
+// Triton's OpenVINO parameter HINT_BF16: YES serves the model in bfloat16 (the answers are the
+// OpenVINO engine's with bf16 precision, bit for bit), NO keeps f32, anything else is refused
+// with the reason while the other models serve.
+TEST_F(RepoTest, HintBf16ChoosesOpenVinosInferencePrecision) {
+  TempDir t;
+  const fs::path repo = WriteRepo(t.path() / "models", "--backend openvino --threads 1");
+  auto add_parameter = [&](const std::string& model, const std::string& value) {
+    const fs::path config = repo / model / "config.pbtxt";
+    Write(config, Read(config) + "parameters { key: \"HINT_BF16\" value: { string_value: \"" +
+                      value + "\" } }\n");
+  };
+  add_parameter("seed-cnn-fp32", "YES");
+  add_parameter("seed-cnn-int8-static", "MAYBE");
+  ServerProcess server(repo, {"--disable-auto-complete-config"});
+  ASSERT_TRUE(server.started()) << server.Log();
+  HttpRequest index_request;
+  index_request.method = "POST";
+  auto index = json::parse(Http(server.url() + "/v2/repository/index", index_request).body);
+  std::map<std::string, json> by_name;
+  for (const auto& m : index) by_name[m["name"].get<std::string>()] = m;
+  EXPECT_EQ(by_name["seed-cnn-int8-static"]["state"], "UNAVAILABLE");
+  EXPECT_NE(by_name["seed-cnn-int8-static"].value("reason", "").find(
+                "parameters HINT_BF16 must be YES or NO, not 'MAYBE'"),
+            std::string::npos)
+      << by_name["seed-cnn-int8-static"];
+  ASSERT_EQ(by_name["seed-cnn-fp32"]["state"], "READY") << server.Log();
+
+  const int64_t n = 16;
+  const std::vector<float> images = TestImages(0, n);
+  json body = {
+      {"inputs",
+       {{{"name", "input"}, {"shape", {n, 3, 32, 32}}, {"datatype", "FP32"}, {"data", images}}}}};
+  HttpRequest req;
+  req.method = "POST";
+  req.body = body.dump();
+  auto res = Http(server.url() + "/v2/models/seed-cnn-fp32/infer", req);
+  ASSERT_EQ(res.status, 200) << res.body;
+  const auto got = json::parse(res.body)["outputs"][0]["data"].get<std::vector<float>>();
+  EXPECT_EQ(server.Terminate(), 0) << server.Log();
+
+  backend::BackendOptions bo;
+  bo.model_path = (Optimized() / "fp32.onnx").string();
+  bo.intra_op_threads = 1;
+  bo.inference_precision = "bf16";
+  auto engine = backend::CreateBackend("openvino", bo);
+  KILN_ASSERT_RESULT_OK(engine);
+  std::vector<float> want(static_cast<size_t>(n * 10));
+  KILN_ASSERT_OK((*engine)->Run(images.data(), n, want.data()));
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want[i]) << i;
+  // Where the CPU runs bf16 the answers differ from f32's; elsewhere the plugin keeps f32.
+  if ((*engine)->settings()["inference_precision"] == "bf16") {
+    bo.inference_precision = "f32";
+    auto f32 = backend::CreateBackend("openvino", bo);
+    KILN_ASSERT_RESULT_OK(f32);
+    std::vector<float> exact(want.size());
+    KILN_ASSERT_OK((*f32)->Run(images.data(), n, exact.data()));
+    EXPECT_NE(exact, want) << "bf16 precision gave f32's logits exactly";
+  }
+}
+
 // --backend auto: per ONNX model, the faster of ONNX Runtime and OpenVINO in a kiln bench report
 // (speedups over the batch sizes served); the reason is written into the config.
 TEST_F(RepoTest, AutoBackendChoosesTheFasterEngineOfABenchReport) {

@@ -57,8 +57,9 @@ struct BackendOptions {
   // OpenMP threads for 2 cores (seen: a 58 s epoch became 700 s).
   bool allow_spinning = false;
   std::string optimized_model_path;  // onnxruntime: save the optimized graph here if set
-  // onnxruntime: leave every session option at ONNX Runtime's own default (threads, spinning,
-  // arena, level): the "ONNX Runtime default settings" peer of `kiln bench`.
+  // onnxruntime, openvino: leave every session option / property at the runtime's own default
+  // (threads, spinning, arena, level; OpenVINO's threads, streams, pinning, precision): the
+  // "runtime defaults" peers of `kiln bench`.
   bool runtime_defaults = false;
   bool channels_last = true;  // libtorch: feed NHWC (channels-last) tensors
   bool freeze = true;         // libtorch: torch::jit::freeze + optimize_for_inference
@@ -90,6 +91,11 @@ class InferenceBackend {
   // Key/value metadata stored in the model file (ONNX metadata_props; for TorchScript the JSON
   // object in the extra file kTorchScriptMetadataFile). Empty when the file has none.
   virtual const std::map<std::string, std::string>& metadata() const = 0;
+
+  // The settings the engine actually runs the model with, read back from it where it can tell
+  // (OpenVINO: hint, threads, streams, inference precision, pinning), for reports. Empty for an
+  // engine that cannot tell.
+  virtual std::map<std::string, std::string> settings() const { return {}; }
 
   // Floats per sample of the first input / first output (product of non-batch dimensions).
   int64_t InputElementsPerSample() const;

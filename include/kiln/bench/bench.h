@@ -54,9 +54,11 @@ struct BenchOptions {
   std::filesystem::path data;                // CIFAR-10 (test images as inputs)
   std::filesystem::path out_dir;             // report.json, REPORT.md, *.png
   std::vector<std::string> variants;         // empty = every variant with status "ok"
-  // onnxruntime, openvino, libtorch (Kiln's settings at each thread count), openvino-throughput
-  // (THROUGHPUT hint), onnxruntime-default and openvino-default (the runtimes' own defaults).
-  std::vector<std::string> engines = {"onnxruntime", "openvino", "libtorch", "onnxruntime-default",
+  // onnxruntime, openvino, openvino-bf16, libtorch (Kiln's settings at each thread count),
+  // openvino-throughput (THROUGHPUT hint), onnxruntime-default and openvino-default (the
+  // runtimes' own defaults).
+  std::vector<std::string> engines = {"onnxruntime",         "openvino",        "openvino-bf16",
+                                      "libtorch",            "onnxruntime-default",
                                       "openvino-default"};
   std::vector<int64_t> batch_sizes = {1, 8, 32, 64, 256};
   std::vector<int> threads = {1, 2};

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <exception>
 #include <filesystem>
+#include <sstream>
 #include <openvino/openvino.hpp>
 
 namespace kiln::backend {
@@ -76,16 +77,30 @@ class OpenVinoBackend : public InferenceBackend {
       KILN_RETURN_IF_ERROR(
           CheckModelSignature(o.model_path, backend->inputs_, backend->outputs_));
 
-      ov::AnyMap config = {
-          ov::inference_num_threads(o.intra_op_threads),
-          ov::hint::inference_precision(o.inference_precision == "bf16" ? ov::element::bf16
-                                                                        : ov::element::f32),
-          ov::hint::performance_mode(o.performance_hint == "THROUGHPUT"
-                                         ? ov::hint::PerformanceMode::THROUGHPUT
-                                         : ov::hint::PerformanceMode::LATENCY),
-          ov::hint::enable_cpu_pinning(o.cpu_pinning)};
-      if (o.streams > 0) config.emplace(ov::num_streams(ov::streams::Num(o.streams)));
+      // runtime_defaults: no property at all, so the CPU plugin picks its own threads, streams,
+      // pinning and precision (bf16 on CPUs with AVX512-BF16 or AMX), as a user's first
+      // compile_model(model, "CPU") does.
+      ov::AnyMap config;
+      if (!o.runtime_defaults) {
+        config = {ov::inference_num_threads(o.intra_op_threads),
+                  ov::hint::inference_precision(
+                      o.inference_precision == "bf16" ? ov::element::bf16 : ov::element::f32),
+                  ov::hint::performance_mode(o.performance_hint == "THROUGHPUT"
+                                                 ? ov::hint::PerformanceMode::THROUGHPUT
+                                                 : ov::hint::PerformanceMode::LATENCY),
+                  ov::hint::enable_cpu_pinning(o.cpu_pinning)};
+        if (o.streams > 0) config.emplace(ov::num_streams(ov::streams::Num(o.streams)));
+      }
       backend->compiled_ = core.compile_model(model, "CPU", config);
+      const ov::CompiledModel& c = backend->compiled_;
+      std::ostringstream mode;
+      mode << c.get_property(ov::hint::performance_mode);
+      backend->settings_ = {
+          {"performance_hint", mode.str()},
+          {"inference_num_threads", std::to_string(c.get_property(ov::inference_num_threads))},
+          {"num_streams", std::to_string(c.get_property(ov::num_streams).num)},
+          {"inference_precision", c.get_property(ov::hint::inference_precision).get_type_name()},
+          {"enable_cpu_pinning", c.get_property(ov::hint::enable_cpu_pinning) ? "true" : "false"}};
       const int32_t streams = backend->compiled_.get_property(ov::num_streams).num;
       backend->streams_ = std::max(1, static_cast<int>(streams));
       for (int i = 0; i < backend->streams_; ++i) {
@@ -101,6 +116,7 @@ class OpenVinoBackend : public InferenceBackend {
   const std::vector<TensorInfo>& inputs() const override { return inputs_; }
   const std::vector<TensorInfo>& outputs() const override { return outputs_; }
   const std::map<std::string, std::string>& metadata() const override { return metadata_; }
+  std::map<std::string, std::string> settings() const override { return settings_; }
   Capabilities capabilities() const override {
     return SignatureCapabilities(inputs_[0], outputs_[0]);
   }
@@ -167,6 +183,7 @@ class OpenVinoBackend : public InferenceBackend {
   std::vector<TensorInfo> inputs_;
   std::vector<TensorInfo> outputs_;
   std::map<std::string, std::string> metadata_;
+  std::map<std::string, std::string> settings_;  // read back from compiled_
 };
 
 }  // namespace
