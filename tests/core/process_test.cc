@@ -20,8 +20,9 @@ TEST(ProcessTest, ReturnsTheExitStatus) {
 TEST(ProcessTest, ArgumentsArriveExactlyAsGivenWithNoShellInBetween) {
   // $1 must be the one argument, spaces, quotes, $ and ; included: nothing re-parses it.
   const std::string tricky = "a b'c\"d $HOME; `x` *";
-  EXPECT_EQ(*RunProcess({"sh", "-c", "test \"$1\" = '" + std::string("a b'\\''c\"d $HOME; `x` *") +
-                                         "' && test $# -eq 1",
+  EXPECT_EQ(*RunProcess({"sh", "-c",
+                         "test \"$1\" = '" + std::string("a b'\\''c\"d $HOME; `x` *") +
+                             "' && test $# -eq 1",
                          "sh", tricky}),
             0);
 }
@@ -56,8 +57,8 @@ TEST(ProcessTest, DisplayQuotesOnlyWhatAShellWouldNeed) {
 
 // A child that ignores nothing: SIGTERM ends it, its status says so, and the log got its output.
 TEST(ChildProcessTest, StopsARunningChildWithSigtermAndKeepsItsLog) {
-  const auto log = std::filesystem::temp_directory_path() /
-                   ("kiln-child-" + std::to_string(getpid()) + ".log");
+  const auto log =
+      std::filesystem::temp_directory_path() / ("kiln-child-" + std::to_string(getpid()) + ".log");
   std::filesystem::remove(log);
   auto child = ChildProcess::Start({"sh", "-c", "echo started; echo oops >&2; exec sleep 60"}, log);
   ASSERT_TRUE(child.ok()) << child.status().ToString();
