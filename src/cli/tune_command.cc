@@ -46,9 +46,10 @@ int RunTune(tune::Options o) {
             << "r/s; autoscaler target per replica: " << report->hpa_target << " requests/s\n";
   if (!report->comparison.winner_rates.empty()) {
     const auto& c = report->comparison;
-    std::cout << "side by side (" << c.winner_rates.size() << " rounds): default "
-              << c.default_median << ", winner " << c.winner_median << " requests/s (median); gain "
-              << c.gain_median << "x (range " << c.gain_min << "x-" << c.gain_max << "x)\n";
+    std::cout << "side by side (" << c.winner_rates.size() << " rounds): default ("
+              << c.default_model << ", kiln repo write's defaults) " << c.default_median
+              << ", winner " << c.winner_median << " requests/s (median); gain " << c.gain_median
+              << "x (range " << c.gain_min << "x-" << c.gain_max << "x)\n";
   }
   return 0;
 }
@@ -114,8 +115,8 @@ void RegisterTuneCommand(CLI::App& app, Runner* run) {
                   "climb: stop when the best neighbour gains less than this")
       ->capture_default_str();
   cmd->add_option("--compare-rounds", o->compare_rounds,
-                  "Then measure the default configuration and the winner side by side, in this "
-                  "many alternating rounds each")
+                  "Then measure the default deployment (the FP32 variant with kiln repo write's "
+                  "defaults) and the winner side by side, in this many alternating rounds each")
       ->capture_default_str();
   cmd->add_flag("--apply", o->apply,
                 "Write the winner's config.pbtxt into --repo (and check that it loads)");

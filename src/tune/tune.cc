@@ -250,7 +250,7 @@ class Tuner {
   Status Append(const PointResult& p);
   std::vector<Config> Grid(const Candidate& m) const;
   Status Search(const Candidate& m);
-  Status Compare(const Candidate& m, const Config& winner, Comparison* out);
+  Status Compare(const Candidate& base, const Candidate& m, const Config& winner, Comparison* out);
   Status WriteOutputs(const Report& r);
 
   const Options& o_;
@@ -459,6 +459,7 @@ Result<PointResult> Tuner::MeasurePoint(const Candidate& m, const Config& c) {
   };
   // Up through the fractions until a rate fails; when the first fails, down by halves (three
   // times at most) until one passes; when the last passes, on by 15% steps (three at most).
+  // Then one rate between the highest pass and the lowest failure above it.
   const auto& fractions = o_.rate_fractions;
   bool any_ok = false;
   size_t i = 0;
@@ -475,6 +476,18 @@ Result<PointResult> Tuner::MeasurePoint(const Candidate& m, const Config& c) {
     record(s);
     if (any_ok && !s.ok) break;
     if (!any_ok && s.ok) break;
+  }
+  // Refine: the midpoint between the highest passing rate and the lowest failing one above it,
+  // once, halving the step's resolution.
+  double lowest_fail = 0;
+  for (const auto& s : p.steps) {
+    if (!s.ok && s.offered > p.max_rate && (lowest_fail == 0 || s.offered < lowest_fail)) {
+      lowest_fail = s.offered;
+    }
+  }
+  if (p.max_rate > 0 && lowest_fail > 0) {
+    KILN_ASSIGN_OR_RETURN(Step s, measure((p.max_rate + lowest_fail) / 2));
+    record(s);
   }
   return p;
 }
@@ -605,10 +618,12 @@ Status Tuner::Search(const Candidate& m) {
   return Status::Ok();
 }
 
-Status Tuner::Compare(const Candidate& m, const Config& winner, Comparison* out) {
+Status Tuner::Compare(const Candidate& base, const Candidate& m, const Config& winner,
+                      Comparison* out) {
   std::vector<double> gains;
+  out->default_model = base.source.name;
   for (int r = 0; r < o_.compare_rounds; ++r) {
-    KILN_ASSIGN_OR_RETURN(PointResult d, MeasurePoint(m, DefaultConfig()));
+    KILN_ASSIGN_OR_RETURN(PointResult d, MeasurePoint(base, DefaultConfig()));
     KILN_ASSIGN_OR_RETURN(PointResult w, MeasurePoint(m, winner));
     out->default_rates.push_back(d.max_rate);
     out->winner_rates.push_back(w.max_rate);
@@ -642,7 +657,9 @@ Status Tuner::WriteOutputs(const Report& r) {
             {"hpa_target_requests_per_second", r.hpa_target}};
   if (!r.comparison.winner_rates.empty()) {
     const auto& c = r.comparison;
-    j["comparison"] = {{"default_rates", c.default_rates},
+    j["comparison"] = {{"default_model", c.default_model},
+                       {"default_config", ConfigJson(DefaultConfig())},
+                       {"default_rates", c.default_rates},
                        {"winner_rates", c.winner_rates},
                        {"default_median", c.default_median},
                        {"winner_median", c.winner_median},
@@ -705,7 +722,9 @@ Status Tuner::WriteOutputs(const Report& r) {
   if (!r.comparison.winner_rates.empty()) {
     const auto& c = r.comparison;
     md << "\n## Winner vs default, side by side\n\n"
-       << c.winner_rates.size() << " alternating rounds (default, winner, ...) on the same "
+       << "Default: " << c.default_model << " with kiln repo write's defaults ("
+       << DefaultConfig().Key() << "), what an untuned repository serves. " << c.winner_rates.size()
+       << " alternating rounds (default, winner, ...) on the same "
        << "server, each a full measurement of the max rate under the SLO.\n\n"
        << "| round | default req/s | winner req/s |\n|---:|---:|---:|\n";
     for (size_t i = 0; i < c.winner_rates.size(); ++i) {
@@ -841,11 +860,14 @@ Result<Report> Tuner::Run() {
     report.nginx_rate = std::floor(0.8 * w.max_rate);
     report.hpa_target = std::floor(0.7 * w.max_rate);
     const Candidate* model = nullptr;
+    const Candidate* base = nullptr;
     for (const auto& c : candidates) {
       if (c.source.name == w.model) model = &c;
+      if (c.source.variant == "fp32") base = &c;
     }
+    if (base == nullptr) base = model;
     if (o_.compare_rounds > 0) {
-      KILN_RETURN_IF_ERROR(Compare(*model, w.config, &report.comparison));
+      KILN_RETURN_IF_ERROR(Compare(*base, *model, w.config, &report.comparison));
     }
     // The winner's folder, written by kiln repo write's writer with the winning options.
     serve::repo::WriteOptions wo = WriteOptionsFor(w.config);

@@ -103,8 +103,9 @@ struct Options {
   int max_windows = 6;         // per rate (the first warms up)
   int images = 256;            // test images sent, in turn
   double plateau_percent = 3;  // climb: stop when the best neighbour gains less than this
-  // After the search: this many alternating rounds of the winner's model under the default
-  // configuration and under the winner's, each measured as a point (0: none).
+  // After the search: this many alternating rounds of the default deployment — the FP32
+  // variant (else the winner's model) under kiln repo write's defaults, what an untuned
+  // repository serves — and the winner, each measured as a point (0: none).
   int compare_rounds = 0;
   bool apply = false;          // write the winner's config into `repo` (and check that it loads)
   std::string command_line;    // for TUNE.md
@@ -114,8 +115,9 @@ struct Options {
   Status Validate() const;
 };
 
-// Alternating rounds of the default configuration and the winner (same model, same server).
+// Alternating rounds of the default deployment and the winner (same server).
 struct Comparison {
+  std::string default_model;  // the FP32 variant's model (else the winner's), default config
   std::vector<double> default_rates, winner_rates;  // max rate under the SLO, per round
   double default_median = 0, winner_median = 0;
   double gain_median = 0, gain_min = 0, gain_max = 0;  // winner / default, per round
