@@ -38,10 +38,10 @@ struct Options {
   std::string distribution = "constant";  // rate mode: constant | poisson
   int max_threads = 64;                   // rate mode: sender threads
   int window_ms = 2000;
-  int max_windows = 10;     // per level; the first is a warm-up
-  double stability = 10.0;  // percent
-  std::string csv;          // empty: no CSV
-  std::FILE* out = stdout;  // the table; nullptr: print nothing
+  int max_windows = 10;        // per level; the first is a warm-up
+  double stability = 10.0;     // percent
+  std::string csv;             // empty: no CSV
+  std::FILE* out = stdout;     // the table; nullptr: print nothing
   std::function<bool()> stop;  // polled; true ends the sweep (Cancelled)
 };
 
@@ -63,10 +63,10 @@ struct LevelResult {
 // Run's.
 Result<std::vector<LevelResult>> Measure(const Options& options);
 
-// Runs the sweep (Measure, keeping only its Status). InvalidArgument for options that cannot work (no levels, an empty image
-// folder), Unavailable when the model's metadata cannot be read, Unimplemented for a model
-// without exactly one FP32 input, the write's Status when the CSV cannot be written, Cancelled
-// when `stop` turned true.
+// Runs the sweep (Measure, keeping only its Status). InvalidArgument for options that cannot work
+// (no levels, an empty image folder), Unavailable when the model's metadata cannot be read,
+// Unimplemented for a model without exactly one FP32 input, the write's Status when the CSV cannot
+// be written, Cancelled when `stop` turned true.
 Status Run(const Options& options);
 
 }  // namespace kiln::loadgen
