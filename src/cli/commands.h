@@ -28,6 +28,7 @@ void RegisterServeCommand(CLI::App& app, Runner* run);
 void RegisterLoadgenCommand(CLI::App& app, Runner* run);
 void RegisterDriftCommand(CLI::App& app, Runner* run);
 void RegisterRepoCommand(CLI::App& app, Runner* run);
+void RegisterTuneCommand(CLI::App& app, Runner* run);
 
 // What an exported model says about its input and output (Kiln metadata, see
 // exporter::ExportMetadata): normalization and label names. InvalidArgument naming

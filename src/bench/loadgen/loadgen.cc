@@ -119,7 +119,10 @@ ServerSplit ReadStats(Http& http, const std::string& base, const std::string& mo
 
 }  // namespace
 
-Status Run(const Options& a) {
+Status Run(const Options& options) { return Measure(options).status(); }
+
+Result<std::vector<LevelResult>> Measure(const Options& a) {
+  std::vector<LevelResult> results;
   const bool rate_mode = a.rate_mode;
   if (a.levels.empty()) return InvalidArgumentError("no load levels to measure");
   if (a.mode == "image" && a.images.empty())
@@ -159,24 +162,55 @@ Status Run(const Options& a) {
       if (d == -1) d = a.batch_size;
       elements *= d;
     }
-    std::mt19937 rng(1);
-    std::normal_distribution<float> dist(0.f, 1.f);
-    std::vector<float> data(static_cast<size_t>(elements));
-    for (auto& x : data) x = dist(rng);
-    json req = {{"inputs", {{{"name", in["name"]}, {"shape", shape}, {"datatype", "FP32"}}}}};
-    if (a.mode == "binary") {
-      req["inputs"][0]["parameters"] = {{"binary_data_size", data.size() * sizeof(float)}};
-      req["parameters"] = {{"binary_data_output", true}};
-      const std::string h = req.dump();
-      std::string b = h;
-      b.append(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
-      bodies.push_back(b);
-      header_lines.push_back("Inference-Header-Content-Length: " + std::to_string(h.size()));
-      header_lines.push_back("Content-Type: application/octet-stream");
+    const size_t sample = static_cast<size_t>(elements / std::max<int64_t>(1, a.batch_size));
+    for (const auto& x : a.inputs) {
+      if (x.size() != sample) {
+        return InvalidArgumentError("an input sample holds " + std::to_string(x.size()) +
+                                    " values; model '" + a.model + "' takes " +
+                                    std::to_string(sample) + " per sample");
+      }
+    }
+    // Without inputs, one body of seeded noise; with them, a body per batch_size samples in turn
+    // (at most 256 bodies; the samples wrap around).
+    std::vector<std::vector<float>> batches;
+    if (a.inputs.empty()) {
+      std::mt19937 rng(1);
+      std::normal_distribution<float> dist(0.f, 1.f);
+      std::vector<float> data(static_cast<size_t>(elements));
+      for (auto& x : data) x = dist(rng);
+      batches.push_back(std::move(data));
     } else {
-      req["inputs"][0]["data"] = data;
-      bodies.push_back(req.dump());
-      header_lines.push_back("Content-Type: application/json");
+      const size_t n = std::min<size_t>(
+          256, std::max<size_t>(1, a.inputs.size() / static_cast<size_t>(a.batch_size)));
+      for (size_t i = 0, next = 0; i < n; ++i) {
+        std::vector<float> data;
+        data.reserve(static_cast<size_t>(elements));
+        for (int64_t k = 0; k < a.batch_size; ++k, ++next) {
+          const auto& x = a.inputs[next % a.inputs.size()];
+          data.insert(data.end(), x.begin(), x.end());
+        }
+        batches.push_back(std::move(data));
+      }
+    }
+    for (const auto& data : batches) {
+      json req = {{"inputs", {{{"name", in["name"]}, {"shape", shape}, {"datatype", "FP32"}}}}};
+      if (a.mode == "binary") {
+        req["inputs"][0]["parameters"] = {{"binary_data_size", data.size() * sizeof(float)}};
+        req["parameters"] = {{"binary_data_output", true}};
+        const std::string h = req.dump();
+        std::string b = h;
+        b.append(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
+        bodies.push_back(b);
+        // Every body's JSON header has the same length (same shape, same sizes).
+        if (header_lines.empty()) {
+          header_lines.push_back("Inference-Header-Content-Length: " + std::to_string(h.size()));
+          header_lines.push_back("Content-Type: application/octet-stream");
+        }
+      } else {
+        req["inputs"][0]["data"] = data;
+        bodies.push_back(req.dump());
+        if (header_lines.empty()) header_lines.push_back("Content-Type: application/json");
+      }
     }
   }
   const int64_t per_request = a.mode == "image" ? 1 : a.batch_size;
@@ -189,9 +223,12 @@ Status Run(const Options& a) {
            "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
            "response wait\n";
   }
-  std::fprintf(a.out, "%-12s %12s %10s %10s %10s %10s %10s %10s %8s %8s%s\n",
-               rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
-               "p99 ms", "queue ms", "compute ms", "errors", "refused", rate_mode ? "  late" : "");
+  if (a.out != nullptr) {
+    std::fprintf(a.out, "%-12s %12s %10s %10s %10s %10s %10s %10s %8s %8s%s\n",
+                 rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
+                 "p99 ms", "queue ms", "compute ms", "errors", "refused",
+                 rate_mode ? "  late" : "");
+  }
   for (double level : a.levels) {
     if (stop_requested()) return CancelledError("interrupted");
     std::mutex mu;
@@ -322,32 +359,51 @@ Status Run(const Options& a) {
       late_column =
           "  " + std::to_string(sent.load() > 0 ? 100 * late.load() / sent.load() : 0) + "%";
     }
-    std::fprintf(a.out, "%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld %8lld%s%s\n",
-                 level, last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
-                 last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
-                 static_cast<long long>(errors.load()), static_cast<long long>(refused.load()),
-                 late_column.c_str(), stable ? "" : "  (not stable)");
-    if (!refused_latencies.empty()) {
-      std::lock_guard l(mu);
-      std::sort(refused_latencies.begin(), refused_latencies.end());
-      std::fprintf(
-          a.out,
-          "  refused (503): %lld of %lld sent (%.1f%%), answered in p50 %.2f ms, p99 %.2f ms\n",
-          static_cast<long long>(refused.load()), static_cast<long long>(sent.load()),
-          100.0 * static_cast<double>(refused.load()) /
-              static_cast<double>(std::max<int64_t>(1, sent.load())),
-          QuantileOfSorted(refused_latencies, 0.50) * 1e3,
-          QuantileOfSorted(refused_latencies, 0.99) * 1e3);
-    }
-    if (rate_mode && sent.load() > 0 && late.load() * 10 > sent.load()) {
+    LevelResult r;
+    r.level = level;
+    r.throughput = last3(rates);
+    r.p50_ms = last3(p50s) * 1e3;
+    r.p90_ms = last3(p90s) * 1e3;
+    r.p95_ms = last3(p95s) * 1e3;
+    r.p99_ms = last3(p99s) * 1e3;
+    r.avg_ms = avg_us / 1e3;
+    r.queue_ms = queue_us / 1e3;
+    r.compute_ms = (input_us + infer_us + output_us) / 1e3;
+    r.sent = sent.load();
+    r.errors = errors.load();
+    r.refused = refused.load();
+    r.late = late.load();
+    r.stable = stable;
+    results.push_back(r);
+    if (a.out != nullptr) {
       std::fprintf(a.out,
-                   "  note: %lld of %lld requests left more than 1 ms after their due time: the "
-                   "%d sender threads cannot keep up (the server is saturated or --max-threads "
-                   "is too low); latencies count from the due time\n",
-                   static_cast<long long>(late.load()), static_cast<long long>(sent.load()),
-                   a.max_threads);
+                   "%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld %8lld%s%s\n",
+                   level, last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
+                   last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
+                   static_cast<long long>(errors.load()), static_cast<long long>(refused.load()),
+                   late_column.c_str(), stable ? "" : "  (not stable)");
+      if (!refused_latencies.empty()) {
+        std::lock_guard l(mu);
+        std::sort(refused_latencies.begin(), refused_latencies.end());
+        std::fprintf(
+            a.out,
+            "  refused (503): %lld of %lld sent (%.1f%%), answered in p50 %.2f ms, p99 %.2f ms\n",
+            static_cast<long long>(refused.load()), static_cast<long long>(sent.load()),
+            100.0 * static_cast<double>(refused.load()) /
+                static_cast<double>(std::max<int64_t>(1, sent.load())),
+            QuantileOfSorted(refused_latencies, 0.50) * 1e3,
+            QuantileOfSorted(refused_latencies, 0.99) * 1e3);
+      }
+      if (rate_mode && sent.load() > 0 && late.load() * 10 > sent.load()) {
+        std::fprintf(a.out,
+                     "  note: %lld of %lld requests left more than 1 ms after their due time: the "
+                     "%d sender threads cannot keep up (the server is saturated or --max-threads "
+                     "is too low); latencies count from the due time\n",
+                     static_cast<long long>(late.load()), static_cast<long long>(sent.load()),
+                     a.max_threads);
+      }
+      std::fflush(a.out);
     }
-    std::fflush(a.out);
     if (!a.csv.empty()) {
       const double server_us = queue_us + input_us + infer_us + output_us;
       csv << level << "," << last3(rates) << ",0," << std::max(0.0, avg_us - server_us) << ","
@@ -357,7 +413,8 @@ Status Run(const Options& a) {
       KILN_RETURN_IF_ERROR(WriteFileAtomic(a.csv, csv.str()));
     }
   }
-  return stop_requested() ? CancelledError("interrupted") : Status::Ok();
+  if (stop_requested()) return CancelledError("interrupted");
+  return results;
 }
 
 }  // namespace kiln::loadgen

@@ -412,6 +412,26 @@ Result<std::map<std::string, EngineChoice>> ChooseEngines(const fs::path& bench_
   return out;
 }
 
+Result<std::string> ModelConfigJson(const WriteOptions& options, const ModelSource& m) {
+  WriteOptions o = options;  // validated as a repository of this one model
+  if (o.out.empty()) o.out = ".";
+  o.models = {m};
+  KILN_RETURN_IF_ERROR(o.Validate());
+  if (o.onnx_backend == "auto") {
+    return InvalidArgumentError("ModelConfigJson: name the engine (onnxruntime or openvino)");
+  }
+  KILN_ASSIGN_OR_RETURN(Opened model, Open(m));
+  std::vector<std::string> warnings;
+  KILN_ASSIGN_OR_RETURN(auto config,
+                        ParseModelConfig(ConfigText(o, m, model, {o.onnx_backend, ""}), &warnings));
+  return ModelConfigToJson(config);
+}
+
+Result<data::Normalization> ModelNormalization(const ModelSource& m) {
+  KILN_ASSIGN_OR_RETURN(Opened model, Open(m));
+  return model.normalization;
+}
+
 Result<std::vector<ModelSource>> SourcesFromManifest(const fs::path& manifest,
                                                      const std::string& prefix,
                                                      std::vector<std::string>* skipped) {

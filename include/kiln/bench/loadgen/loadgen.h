@@ -28,16 +28,20 @@ struct Options {
   std::string mode = "json";  // json | binary | image
   std::string images;         // image mode: a folder of image files, sent as image/png
   int64_t batch_size = 1;     // json/binary: batch per request
+  // json/binary: the samples to send, each one sample's FP32 tensor (the model's input shape
+  // without the batch dimension, e.g. normalized test images); requests take `batch_size` of
+  // them in turn. Empty: one request of seeded standard-normal values, sent again and again.
+  std::vector<std::vector<float>> inputs;
   // Concurrency levels (closed loop), or request rates in requests/s when rate_mode is set.
   std::vector<double> levels;
   bool rate_mode = false;
   std::string distribution = "constant";  // rate mode: constant | poisson
   int max_threads = 64;                   // rate mode: sender threads
   int window_ms = 2000;
-  int max_windows = 10;     // per level; the first is a warm-up
-  double stability = 10.0;  // percent
-  std::string csv;          // empty: no CSV
-  std::FILE* out = stdout;
+  int max_windows = 10;        // per level; the first is a warm-up
+  double stability = 10.0;     // percent
+  std::string csv;             // empty: no CSV
+  std::FILE* out = stdout;     // the table; nullptr: print nothing
   std::function<bool()> stop;  // polled; true ends the sweep (Cancelled)
 };
 
@@ -45,10 +49,24 @@ struct Options {
 // InvalidArgument naming `flag` otherwise.
 Result<std::vector<double>> ParseLevels(const std::string& flag, const std::string& spec);
 
-// Runs the sweep. InvalidArgument for options that cannot work (no levels, an empty image
-// folder), Unavailable when the model's metadata cannot be read, Unimplemented for a model
-// without exactly one FP32 input, the write's Status when the CSV cannot be written, Cancelled
-// when `stop` turned true.
+// One level's measurement: the mean of its last (up to) three windows.
+struct LevelResult {
+  double level = 0;       // concurrency, or the offered request rate (requests/s)
+  double throughput = 0;  // inferences/s (requests/s x batch per request)
+  double p50_ms = 0, p90_ms = 0, p95_ms = 0, p99_ms = 0, avg_ms = 0;
+  double queue_ms = 0, compute_ms = 0;  // the server's split, per request
+  int64_t sent = 0, errors = 0, refused = 0, late = 0;
+  bool stable = false;  // the last three windows agreed within `stability`
+};
+
+// Runs the sweep and returns each level's numbers (the table and the CSV as Run's). Errors as
+// Run's.
+Result<std::vector<LevelResult>> Measure(const Options& options);
+
+// Runs the sweep (Measure, keeping only its Status). InvalidArgument for options that cannot work
+// (no levels, an empty image folder), Unavailable when the model's metadata cannot be read,
+// Unimplemented for a model without exactly one FP32 input, the write's Status when the CSV cannot
+// be written, Cancelled when `stop` turned true.
 Status Run(const Options& options);
 
 }  // namespace kiln::loadgen

@@ -92,6 +92,17 @@ struct WrittenModel {
 // AlreadyExists for a folder that exists without `force`.
 Result<std::vector<WrittenModel>> WriteRepository(const WriteOptions& options);
 
+// The configuration WriteRepository writes for `model` with `options` (its engine:
+// `options.onnx_backend`, which must not be "auto"), as the JSON ModelConfig that Triton's load
+// request takes in its "config" parameter (`POST /v2/repository/models/<name>/load`): a server
+// in explicit mode runs the model with it as if the folder had been written so. The model file
+// is opened to read its tensors; errors as WriteRepository's.
+Result<std::string> ModelConfigJson(const WriteOptions& options, const ModelSource& model);
+
+// The normalization Kiln's metadata in `model`'s file states (what the server applies to an
+// uploaded image), for clients that send tensors; mean 0 and std 1 when the file has none.
+Result<data::Normalization> ModelNormalization(const ModelSource& model);
+
 // The models of a `kiln optimize` manifest: every variant that passed its accuracy gate, named
 // "<prefix>-<variant>" (prefix "" = the manifest's architecture), and the TorchScript exports as
 // "<prefix>-torchscript" (FP32) and "<prefix>-<variant>-torchscript" (e.g. the pruned model). Left
