@@ -6,8 +6,8 @@ Both files have one row per load level; the first column names the level ("Concu
 "Request Rate"), then perf_analyzer's columns: Inferences/Second, the client/server split
 (Client Send, Network+Server Send/Recv, Server Queue, Server Compute Input/Infer/Output, Client
 Recv) and p50/p90/p95/p99 latency, all times in microseconds. perf_analyzer's --verbose-csv adds
-Avg latency, request/response and response wait (and, with --collect-metrics, GPU columns),
-which `kiln loadgen --csv` writes too. load() refuses a file whose columns are not these (an
+request/response and response wait (their sum is the average request time; with
+--collect-metrics, GPU columns follow), which `kiln loadgen --csv` writes too. load() refuses a file whose columns are not these (an
 unknown column, a missing one, another order), so a format drift fails loudly.
 
   bench/perf_csv.py pa.csv loadgen.csv            # a table of both, level by level
@@ -24,7 +24,10 @@ BASE_COLUMNS = ["Inferences/Second", "Client Send", "Network+Server Send/Recv", 
                 "Server Compute Input", "Server Compute Infer", "Server Compute Output",
                 "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency"]
 # Added by perf_analyzer's --verbose-csv.
-VERBOSE_COLUMNS = ["Avg latency", "request/response", "response wait"]
+VERBOSE_COLUMNS = ["request/response", "response wait"]
+# Added by --collect-metrics (with --verbose-csv): the server's GPU metrics.
+METRIC_COLUMNS = ["Avg GPU Utilization", "Avg GPU Power Usage", "Max GPU Memory Usage",
+                  "Total GPU Memory"]
 # Every time column is in microseconds in both tools.
 TIME_COLUMNS = [c for c in BASE_COLUMNS + VERBOSE_COLUMNS if c != "Inferences/Second"]
 
@@ -56,9 +59,11 @@ def parse(text, name="<csv>"):
         raise FormatError(f"{name}: columns {rest[:len(BASE_COLUMNS)]} are not perf_analyzer's "
                           f"{BASE_COLUMNS}")
     extra = rest[len(BASE_COLUMNS):]
-    if extra and extra[:len(VERBOSE_COLUMNS)] != VERBOSE_COLUMNS:
+    if extra and (extra[:len(VERBOSE_COLUMNS)] != VERBOSE_COLUMNS
+                  or not set(extra[len(VERBOSE_COLUMNS):]) <= set(METRIC_COLUMNS)):
         raise FormatError(f"{name}: columns after p99 latency are {extra}, expected "
-                          f"{VERBOSE_COLUMNS} (perf_analyzer --verbose-csv)")
+                          f"{VERBOSE_COLUMNS} (perf_analyzer --verbose-csv), then only "
+                          f"{METRIC_COLUMNS} (--collect-metrics)")
     rows = []
     for n, values in enumerate(reader, start=2):
         if len(values) != len(header):
@@ -86,8 +91,8 @@ def summary(row):
            "p90_ms": row["p90 latency"] / 1e3, "p95_ms": row["p95 latency"] / 1e3,
            "p99_ms": row["p99 latency"] / 1e3, "server_queue_ms": row["Server Queue"] / 1e3,
            "server_compute_ms": server_compute / 1e3}
-    if "Avg latency" in row:
-        out["avg_ms"] = row["Avg latency"] / 1e3
+    if "response wait" in row:
+        out["avg_ms"] = (row["request/response"] + row["response wait"]) / 1e3
     return out
 
 

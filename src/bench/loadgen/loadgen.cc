@@ -92,6 +92,15 @@ struct Http {
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     return status;
   }
+  // The last request's wait for its response, in seconds: from the moment the transfer began
+  // (connection ready, request about to be sent) to the first byte of the response. Includes the
+  // upload, which libcurl 7.88 cannot time on its own.
+  double ResponseWait() {
+    curl_off_t pre = 0, first = 0;
+    curl_easy_getinfo(curl, CURLINFO_PRETRANSFER_TIME_T, &pre);
+    curl_easy_getinfo(curl, CURLINFO_STARTTRANSFER_TIME_T, &first);
+    return static_cast<double>(std::max<curl_off_t>(0, first - pre)) / 1e6;
+  }
   CURL* curl;
 };
 
@@ -186,8 +195,7 @@ Status Run(const Options& a) {
     csv << (rate_mode ? "Request Rate" : "Concurrency")
         << ",Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
            "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
-           "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
-           "response wait\n";
+           "p50 latency,p90 latency,p95 latency,p99 latency,request/response,response wait\n";
   }
   std::fprintf(a.out, "%-12s %12s %10s %10s %10s %10s %10s %10s %8s %8s%s\n",
                rate_mode ? "request/s" : "concurrency", "infer/s", "p50 ms", "p90 ms", "p95 ms",
@@ -196,6 +204,7 @@ Status Run(const Options& a) {
     if (stop_requested()) return CancelledError("interrupted");
     std::mutex mu;
     std::vector<double> latencies;  // seconds, current window
+    double wait_sum = 0;            // seconds, the current window's response waits added up
     // Answered 503 (refused: queue full, admission budget, shutting down), with their latencies.
     std::vector<double> refused_latencies;
     std::atomic<int64_t> errors{0}, late{0}, sent{0}, refused{0};
@@ -255,8 +264,10 @@ Status Run(const Options& a) {
             ++errors;
             continue;
           }
+          const double wait = h.ResponseWait();
           std::lock_guard l(mu);
           latencies.push_back(s);
+          wait_sum += wait;
         }
         curl_slist_free_all(headers);
       });
@@ -266,7 +277,7 @@ Status Run(const Options& a) {
     // statistics are read at every cut.
     std::vector<double> rates, p99s;
     std::vector<std::vector<double>> windows;  // each measured window's sorted latencies
-    std::vector<double> window_secs;
+    std::vector<double> window_secs, window_waits;
     std::vector<ServerSplit> cuts;  // cuts[i]: the server's statistics when window i began
     bool stable = false;
     auto cut = Clock::now();
@@ -277,11 +288,16 @@ Status Run(const Options& a) {
       {
         std::lock_guard l(mu);
         window.swap(latencies);
+        window_waits.push_back(wait_sum);
+        wait_sum = 0;
       }
       cut = Clock::now();
       const double secs = std::chrono::duration<double>(cut - start).count();
       cuts.push_back(ReadStats(http, a.url, a.model));  // window 0 warms up: its cut opens 1
-      if (w == 0) continue;
+      if (w == 0) {
+        window_waits.clear();
+        continue;
+      }
       rates.push_back(static_cast<double>(window.size() * static_cast<size_t>(per_request)) / secs);
       std::sort(window.begin(), window.end());
       p99s.push_back(QuantileOfSorted(window, 0.99));
@@ -310,10 +326,11 @@ Status Run(const Options& a) {
     // over their latencies pooled, and the server's split is over the same stretch of time.
     const size_t k = std::min<size_t>(3, windows.size());
     std::vector<double> pooled;
-    double pooled_secs = 0;
+    double pooled_secs = 0, pooled_wait = 0;
     for (size_t i = windows.size() - k; i < windows.size(); ++i) {
       pooled.insert(pooled.end(), windows[i].begin(), windows[i].end());
       pooled_secs += window_secs[i];
+      pooled_wait += window_waits[i];
     }
     std::sort(pooled.begin(), pooled.end());
     double sum = 0;
@@ -332,6 +349,8 @@ Status Run(const Options& a) {
     const double infer_us = (after.infer_ns - before.infer_ns) / requests / 1e3;
     const double output_us = (after.output_ns - before.output_ns) / requests / 1e3;
     const double avg_us = pooled.empty() ? 0 : sum / static_cast<double>(pooled.size()) * 1e6;
+    const double wait_us =
+        pooled.empty() ? 0 : pooled_wait / static_cast<double>(pooled.size()) * 1e6;
     std::string late_column;
     if (rate_mode) {
       late_column =
@@ -367,8 +386,8 @@ Status Run(const Options& a) {
       const double server_us = queue_us + input_us + infer_us + output_us;
       csv << level << "," << throughput << ",0," << std::max(0.0, avg_us - server_us) << ","
           << queue_us << "," << input_us << "," << infer_us << "," << output_us << ",0,"
-          << p50 * 1e6 << "," << p90 * 1e6 << "," << p95 * 1e6 << "," << p99 * 1e6 << "," << avg_us
-          << ",0,0\n";
+          << p50 * 1e6 << "," << p90 * 1e6 << "," << p95 * 1e6 << "," << p99 * 1e6 << ","
+          << std::max(0.0, avg_us - wait_us) << "," << wait_us << "\n";
       KILN_RETURN_IF_ERROR(WriteFileAtomic(a.csv, csv.str()));
     }
   }
