@@ -219,8 +219,8 @@ def main():
     try:
         proc, server = start_server(a.kiln, os.path.abspath(a.model), a.name, work, a.threads,
                                     a.max_batch, a.queue_delay_us)
-        version = subprocess.run([PERF_ANALYZER, "--version"], capture_output=True,
-                                 text=True).stdout.strip()
+        v = subprocess.run([PERF_ANALYZER, "--version"], capture_output=True, text=True)
+        version = (v.stdout + v.stderr).strip()
         result = measure(server, a.kiln, levels, a.rounds, a.window_ms, os.path.join(a.out, "raw"))
     finally:
         if proc is not None:
