@@ -6,9 +6,12 @@ every round, three measurements one after the other, their order rotated from ro
   - perf_analyzer over HTTP (scripts/perf_analyzer.sh -i http: binary tensors, random data);
   - perf_analyzer over gRPC (-i grpc);
   - kiln loadgen over HTTP (--mode binary: the same binary tensor request perf_analyzer sends).
-Both tools use the same measurement window (--window-ms), windows until the last three are
-stable (perf_analyzer: --percentile=99, i.e. p99 and throughput within 10%; kiln loadgen: the
-same by default), and report those three windows merged. Every CSV is read with
+Both tools use the same measurement window (--window-ms) and take windows until the last three
+are stable, then report those three windows merged. Their stopping rules differ: kiln loadgen
+wants throughput and p99 within 10%; perf_analyzer wants throughput and its average latency
+within 10% (max/min), or the --percentile latency with --pa-percentile. perf_analyzer gives
+up on a level it cannot stabilize within -r windows (no row; shown as failed), kiln loadgen
+reports it marked "not stable". Every CSV is read with
 bench/perf_csv.py. The spread of a tool at a level is the min–max over the rounds; the two
 tools agree on a number when their ranges overlap. `kiln loadgen` has no gRPC client: the gRPC
 rows are perf_analyzer's only.
@@ -55,18 +58,22 @@ def level_label(kind, value):
     return f"c={value:g}" if kind == "concurrency" else f"{value:g} req/s"
 
 
-def run_one(tool, kind, value, server, window_ms, csv_path, kiln):
+def run_one(tool, kind, value, server, window_ms, csv_path, kiln, pa_percentile=None,
+            max_windows=10):
     """One measurement; returns perf_csv's summary of its row, or {"error": text}."""
     if tool.startswith("perf_analyzer"):
         proto = tool.split()[1]
         port = server["http_port"] if proto == "http" else server["grpc_port"]
         cmd = [PERF_ANALYZER, "-m", server["model"], "-u", f"127.0.0.1:{port}", "-i", proto,
-               "-p", str(window_ms), "--percentile=99", "--verbose-csv", "-f", csv_path]
+               "-p", str(window_ms), "-r", str(max_windows), "--verbose-csv", "-f", csv_path]
+        if pa_percentile:
+            cmd.append(f"--percentile={pa_percentile}")
         cmd += (["--concurrency-range", f"{value:g}"] if kind == "concurrency"
                 else ["--request-rate-range", f"{value:g}", "--max-threads", "16"])
     else:
         cmd = [kiln, "loadgen", "--url", f"http://127.0.0.1:{server['http_port']}", "-m",
-               server["model"], "--mode", "binary", "--window-ms", str(window_ms), "--csv", csv_path]
+               server["model"], "--mode", "binary", "--window-ms", str(window_ms),
+               "--max-windows", str(max_windows + 1), "--csv", csv_path]
         cmd += (["--concurrency", f"{value:g}"] if kind == "concurrency"
                 else ["--request-rate", f"{value:g}"])
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -89,7 +96,7 @@ def overlap(a, b):
     return a["min"] <= b["max"] and b["min"] <= a["max"]
 
 
-def measure(server, kiln, levels, rounds, window_ms, raw_dir):
+def measure(server, kiln, levels, rounds, window_ms, raw_dir, pa_percentile=None, max_windows=10):
     """levels: [("concurrency", 1), ("rate", 200), ...]. Returns the result dict."""
     os.makedirs(raw_dir, exist_ok=True)
     runs = []
@@ -100,7 +107,7 @@ def measure(server, kiln, levels, rounds, window_ms, raw_dir):
                 name = (f"{tool.replace(' ', '_')}_{'c' if kind == 'concurrency' else 'rate'}"
                         f"{value:g}_round{r + 1}.csv")
                 res = run_one(tool, kind, value, server, window_ms, os.path.join(raw_dir, name),
-                              kiln)
+                              kiln, pa_percentile, max_windows)
                 res.update({"tool": tool, "kind": kind, "level": value, "round": r + 1,
                             "csv": name})
                 if "error" in res:
@@ -205,6 +212,13 @@ def main():
     p.add_argument("--request-rate", default="200,500", help="requests/s, comma-separated")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--window-ms", type=int, default=2000)
+    p.add_argument("--max-windows", type=int, default=10,
+                   help="measured windows per level at most (perf_analyzer -r; kiln loadgen "
+                        "gets one more, its warm-up)")
+    p.add_argument("--pa-percentile", type=int, default=None,
+                   help="perf_analyzer --percentile: stabilize on this latency percentile "
+                        "instead of its default, the average latency (kiln loadgen always "
+                        "uses p99)")
     p.add_argument("--threads", type=int, default=2, help="kiln serve engine threads")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--queue-delay-us", type=int, default=500)
@@ -221,7 +235,8 @@ def main():
                                     a.max_batch, a.queue_delay_us)
         v = subprocess.run([PERF_ANALYZER, "--version"], capture_output=True, text=True)
         version = (v.stdout + v.stderr).strip()
-        result = measure(server, a.kiln, levels, a.rounds, a.window_ms, os.path.join(a.out, "raw"))
+        result = measure(server, a.kiln, levels, a.rounds, a.window_ms, os.path.join(a.out, "raw"),
+                         a.pa_percentile, a.max_windows)
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
@@ -241,7 +256,10 @@ def main():
           f"`{result['command']}`; {version} (perf-analyzer 2.60.0 wheel); one `kiln serve` "
           f"(ONNX Runtime, {a.threads} engine threads, max_batch_size {a.max_batch}, "
           f"max_queue_delay_microseconds {a.queue_delay_us}); {a.rounds} rounds, tools in "
-          f"rotated order; {a.window_ms} ms windows; batch-1 binary tensor requests. Spread: "
+          f"rotated order; {a.window_ms} ms windows, at most {a.max_windows} per level; "
+          f"perf_analyzer stabilizes on "
+          f"{'p' + str(a.pa_percentile) if a.pa_percentile else 'average'} latency; "
+          "batch-1 binary tensor requests. Spread: "
           "min–max over the rounds.", ""] + markdown(result)
     text = "\n".join(md) + "\n"
     with open(os.path.join(a.out, "perf_vs_loadgen.md"), "w") as f:
