@@ -6,8 +6,10 @@ Both files have one row per load level; the first column names the level ("Concu
 "Request Rate"), then perf_analyzer's columns: Inferences/Second, the client/server split
 (Client Send, Network+Server Send/Recv, Server Queue, Server Compute Input/Infer/Output, Client
 Recv) and p50/p90/p95/p99 latency, all times in microseconds. perf_analyzer's --verbose-csv adds
-request/response and response wait (their sum is the average request time; with
---collect-metrics, GPU columns follow), which `kiln loadgen --csv` writes too. load() refuses a file whose columns are not these (an
+"Avg latency" (only when it stabilizes on the average latency, its default; not with
+--percentile), then request/response and response wait (their sum is the average request time;
+with --collect-metrics, GPU columns follow). `kiln loadgen --csv` stabilizes on p99 and writes
+what perf_analyzer --percentile=99 --verbose-csv writes. load() refuses a file whose columns are not these (an
 unknown column, a missing one, another order), so a format drift fails loudly.
 
   bench/perf_csv.py pa.csv loadgen.csv            # a table of both, level by level
@@ -23,13 +25,16 @@ LEVEL_COLUMNS = ("Concurrency", "Request Rate")
 BASE_COLUMNS = ["Inferences/Second", "Client Send", "Network+Server Send/Recv", "Server Queue",
                 "Server Compute Input", "Server Compute Infer", "Server Compute Output",
                 "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency"]
+# Added by --verbose-csv when perf_analyzer stabilizes on the average latency (no --percentile).
+AVG_COLUMN = "Avg latency"
 # Added by perf_analyzer's --verbose-csv.
 VERBOSE_COLUMNS = ["request/response", "response wait"]
 # Added by --collect-metrics (with --verbose-csv): the server's GPU metrics.
 METRIC_COLUMNS = ["Avg GPU Utilization", "Avg GPU Power Usage", "Max GPU Memory Usage",
                   "Total GPU Memory"]
 # Every time column is in microseconds in both tools.
-TIME_COLUMNS = [c for c in BASE_COLUMNS + VERBOSE_COLUMNS if c != "Inferences/Second"]
+TIME_COLUMNS = [c for c in BASE_COLUMNS + [AVG_COLUMN] + VERBOSE_COLUMNS
+                if c != "Inferences/Second"]
 
 
 class FormatError(ValueError):
@@ -59,6 +64,8 @@ def parse(text, name="<csv>"):
         raise FormatError(f"{name}: columns {rest[:len(BASE_COLUMNS)]} are not perf_analyzer's "
                           f"{BASE_COLUMNS}")
     extra = rest[len(BASE_COLUMNS):]
+    if extra[:1] == [AVG_COLUMN]:
+        extra = extra[1:]
     if extra and (extra[:len(VERBOSE_COLUMNS)] != VERBOSE_COLUMNS
                   or not set(extra[len(VERBOSE_COLUMNS):]) <= set(METRIC_COLUMNS)):
         raise FormatError(f"{name}: columns after p99 latency are {extra}, expected "
@@ -91,7 +98,9 @@ def summary(row):
            "p90_ms": row["p90 latency"] / 1e3, "p95_ms": row["p95 latency"] / 1e3,
            "p99_ms": row["p99 latency"] / 1e3, "server_queue_ms": row["Server Queue"] / 1e3,
            "server_compute_ms": server_compute / 1e3}
-    if "response wait" in row:
+    if AVG_COLUMN in row:
+        out["avg_ms"] = row[AVG_COLUMN] / 1e3
+    elif "response wait" in row:
         out["avg_ms"] = (row["request/response"] + row["response wait"]) / 1e3
     return out
 

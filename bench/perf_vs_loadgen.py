@@ -26,6 +26,7 @@ Run it alone on the machine (under the CPU lock): server and load generators sha
 import argparse
 import json
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -41,7 +42,8 @@ import perf_csv  # noqa: E402
 
 PERF_ANALYZER = os.path.join(ROOT, "scripts", "perf_analyzer.sh")
 TOOLS = ["perf_analyzer http", "kiln loadgen http", "perf_analyzer grpc"]
-METRICS = ["throughput", "p50_ms", "p99_ms", "server_queue_ms", "server_compute_ms"]
+METRICS = ["throughput", "p50_ms", "p99_ms", "server_queue_ms", "server_compute_ms",
+           "client_cores"]
 
 
 def log(msg):
@@ -76,12 +78,18 @@ def run_one(tool, kind, value, server, window_ms, csv_path, kiln, pa_percentile=
                "--max-windows", str(max_windows + 1), "--csv", csv_path]
         cmd += (["--concurrency", f"{value:g}"] if kind == "concurrency"
                 else ["--request-rate", f"{value:g}"])
+    # The tool's CPU time over its wall time: the cores it took from a machine it shares with
+    # the server.
+    before, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True)
+    after, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - t0
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     text = r.stdout + r.stderr
     if r.returncode != 0 or not os.path.exists(csv_path):
         return {"error": f"exit {r.returncode}: {text.strip()[-400:]}", "command": " ".join(cmd)}
     rows = perf_csv.load(csv_path)["rows"]
     out = perf_csv.summary(rows[0])
+    out["client_cores"] = cpu / wall
     out["stable"] = "not stable" not in text and "Failed to obtain stable" not in text
     out["command"] = " ".join(cmd)
     return out
@@ -141,14 +149,15 @@ def measure(server, kiln, levels, rounds, window_ms, raw_dir, pa_percentile=None
 
 def markdown(result):
     md = ["| load | tool | images/s, median (min–max) | p50 ms | p99 ms, median (min–max) | "
-          "server queue ms | server compute ms | kiln loadgen vs perf_analyzer HTTP |",
-          "|---|---|---|---|---|---|---|---|"]
+          "server queue ms | server compute ms | client CPU, cores | "
+          "kiln loadgen vs perf_analyzer HTTP |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for row in result["table"]:
         label = level_label(row["kind"], row["level"])
         for tool in TOOLS:
             t = row["tools"].get(tool, {})
             if "throughput" not in t:
-                md.append(f"| {label} | {tool} | failed | | | | | |")
+                md.append(f"| {label} | {tool} | failed | | | | | | |")
                 continue
             th, p99 = t["throughput"], t["p99_ms"]
             note = ""
@@ -166,7 +175,8 @@ def markdown(result):
             md.append(f"| {label} | {tool} | {th['median']:,.0f} ({th['min']:,.0f}–{th['max']:,.0f})"
                       f" | {t['p50_ms']['median']:.2f} | {p99['median']:.2f} "
                       f"({p99['min']:.2f}–{p99['max']:.2f}) | {t['server_queue_ms']['median']:.2f} | "
-                      f"{t['server_compute_ms']['median']:.2f} | {note}"
+                      f"{t['server_compute_ms']['median']:.2f} | "
+                      f"{t['client_cores']['median']:.2f} | {note}"
                       + (f" {'; '.join(flags)}" if flags else "") + " |")
     return md
 

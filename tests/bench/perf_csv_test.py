@@ -7,7 +7,7 @@
 Real output of both tools: a tiny model (kiln train/export/repo write, as in
 tests/serve/tritonclient_test.py) behind `kiln serve` on free loopback ports; Triton's
 perf_analyzer (scripts/perf_analyzer.sh, provisioned by scripts/setup.sh) writes `-f` CSVs with
-and without --verbose-csv, at a concurrency and at a request rate; `kiln loadgen --csv` measures
+and without --verbose-csv and --percentile=99, at a concurrency and at a request rate; `kiln loadgen --csv` measures
 the same levels. perf_csv.load reads all of them; the loadgen CSV has exactly perf_analyzer's
 verbose columns in its order; every file's times are in microseconds (checked by Little's law
 on the file's own numbers: closed loop, throughput x average latency = concurrency). Then the
@@ -48,6 +48,9 @@ class PerfCsvTest(unittest.TestCase):
                                                 "--verbose-csv"],
                 "pa_rate_verbose": pa + ["--request-rate-range", str(RATE), "--verbose-csv"],
             }
+            # perf_analyzer's default stabilization (average latency) adds "Avg latency".
+            runs["pa_default_verbose"] = [a for a in runs["pa_concurrency_verbose"]
+                                          if a != "--percentile=99"]
             lg = [ARGS.kiln, "loadgen", "--url", "http://" + http, "-m", "cifar", "--mode",
                   "binary", "--window-ms", "500", "--max-windows", "6"]
             runs["loadgen_concurrency"] = lg + ["--concurrency", str(CONCURRENCY)]
@@ -87,13 +90,18 @@ class PerfCsvTest(unittest.TestCase):
         self.assertEqual(tables["loadgen_concurrency"]["columns"],
                          tables["pa_concurrency_verbose"]["columns"])
         self.assertEqual(tables["loadgen_rate"]["columns"], tables["pa_rate_verbose"]["columns"])
+        # Stabilizing on the average latency, perf_analyzer also writes it.
+        pct = tables["pa_concurrency_verbose"]["columns"]
+        n = 1 + len(perf_csv.BASE_COLUMNS)
+        self.assertEqual(tables["pa_default_verbose"]["columns"],
+                         pct[:n] + [perf_csv.AVG_COLUMN] + pct[n:])
         # Without --verbose-csv perf_analyzer writes the base columns only.
         self.assertEqual(tables["pa_concurrency"]["columns"][1:], perf_csv.BASE_COLUMNS)
 
     def test_times_are_microseconds_in_both(self):
         # Closed loop: each of the `c` clients has one request in flight at all times, so
         # throughput (1/s) x average latency (s) = c. A file in milliseconds would give c/1000.
-        for name in ("pa_concurrency_verbose", "loadgen_concurrency"):
+        for name in ("pa_concurrency_verbose", "pa_default_verbose", "loadgen_concurrency"):
             with self.subTest(file=name):
                 s = perf_csv.summary(perf_csv.load(self.files[name])["rows"][0])
                 in_flight = s["throughput"] * s["avg_ms"] / 1e3
