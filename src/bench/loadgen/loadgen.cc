@@ -278,7 +278,7 @@ Status Run(const Options& a) {
     std::vector<double> rates, p99s;
     std::vector<std::vector<double>> windows;  // each measured window's sorted latencies
     std::vector<double> window_secs, window_waits;
-    std::vector<ServerSplit> cuts;  // cuts[i]: the server's statistics when window i began
+    std::vector<ServerSplit> cuts;  // the server's statistics at the end of every window
     bool stable = false;
     auto cut = Clock::now();
     for (int w = 0; w < a.max_windows && !stop_requested(); ++w) {
