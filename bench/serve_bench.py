@@ -10,7 +10,10 @@ measured side by side.
      (inference_count / execution_count deltas);
   3. `kiln loadgen --request-rate` at half of Kiln's saturation rate (open loop, latency from
      each request's due time): p99 there;
-  4. the FastAPI + PyTorch baseline (bench/fastapi_baseline.py, model.pt) under the same wrk load.
+  4. the FastAPI + PyTorch baseline (bench/fastapi_baseline.py, model.pt) under the same wrk load;
+  5. with --perf-analyzer: Triton's own perf_analyzer (scripts/perf_analyzer.sh, HTTP and gRPC)
+     beside `kiln loadgen --mode binary` against the same `kiln serve`, at each concurrency and
+     at the half-saturation rate (bench/perf_vs_loadgen.py's measurement, --perf-rounds rounds).
 
 Writes OUT/serve_bench.json and OUT/serve_bench.md and prints the markdown. Server, load
 generator and engine share the machine: on 2 cores the load generator takes CPU from the server,
@@ -33,6 +36,8 @@ import time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "bench"))
+import perf_vs_loadgen  # noqa: E402
 
 
 def log(msg):
@@ -98,8 +103,10 @@ def serve_one(a, name, model_file, image, images, levels, work):
         f.write(f"max_batch_size: {a.max_batch}\n"
                 f"dynamic_batching {{ max_queue_delay_microseconds: {a.queue_delay_us} }}\n")
     base = f"http://127.0.0.1:{a.port}"
+    grpc_port = perf_vs_loadgen.free_port() if a.perf_analyzer else 0
     server = subprocess.Popen([a.kiln, "serve", "--models", repo, "--port", str(a.port),
-                               "--metrics-port", "0", "--grpc-port", "0", "--threads", str(a.threads)],
+                               "--metrics-port", "0", "--grpc-port", str(grpc_port),
+                               "--threads", str(a.threads)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = {"model_file": model_file}
     try:
@@ -134,6 +141,14 @@ def serve_one(a, name, model_file, image, images, levels, work):
             "achieved_images_per_second": float(row["Inferences/Second"]),
             "p50_ms": float(row["p50 latency"]) / 1e3, "p99_ms": float(row["p99 latency"]) / 1e3,
             "loadgen_output": lg.stdout}
+        if a.perf_analyzer:
+            log("perf_analyzer (HTTP, gRPC) beside kiln loadgen at each concurrency and at "
+                f"{half:.0f} requests/s")
+            server_info = {"model": name, "http_port": a.port, "grpc_port": grpc_port}
+            perf_levels = [("concurrency", float(c)) for c in levels] + [("rate", round(half))]
+            out["perf_analyzer"] = perf_vs_loadgen.measure(
+                server_info, a.kiln, perf_levels, a.perf_rounds, 2000,
+                os.path.join(a.out, f"perf_analyzer_{name}"))
     finally:
         server.send_signal(signal.SIGTERM)
         out["exit_code_after_sigterm"] = server.wait(timeout=60)
@@ -156,9 +171,16 @@ def main():
     p.add_argument("--queue-delay-us", type=int, default=500)
     p.add_argument("--port", type=int, default=18400)
     p.add_argument("--no-baseline", action="store_true", help="skip the FastAPI baseline")
+    p.add_argument("--perf-analyzer", action="store_true",
+                   help="also measure with Triton's perf_analyzer beside kiln loadgen "
+                        "(scripts/perf_analyzer.sh; scripts/setup.sh provisions it)")
+    p.add_argument("--perf-rounds", type=int, default=1, help="--perf-analyzer: rounds per level")
     a = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("serve_bench: wrk is not installed (scripts/setup.sh installs it)")
+    if a.perf_analyzer and subprocess.run([perf_vs_loadgen.PERF_ANALYZER, "--version"],
+                                          capture_output=True).returncode != 0:
+        sys.exit("serve_bench: scripts/perf_analyzer.sh does not run (scripts/setup.sh provisions it)")
     export = os.path.abspath(a.export)
     pt = os.path.join(export, "model.pt")
     served = [("fp32", os.path.join(export, "model.onnx"))]
@@ -278,6 +300,13 @@ def main():
                   f"{hs['request_rate']:,.0f}/s (achieved {hs['achieved_images_per_second']:,.0f}/s; p50 "
                   f"{hs['p50_ms']:.2f} ms) | {'yes' if g['average_batch_grows'] else 'no'} | "
                   f"{entry['exit_code_after_sigterm']} |")
+    for name, entry in result["served"].items():
+        if "perf_analyzer" in entry:
+            md += ["", f"Triton's perf_analyzer beside `kiln loadgen` on the same `kiln serve` "
+                   f"({name}): batch-1 binary tensor requests to /v2/models/{name}/infer, 2 s "
+                   f"windows, {a.perf_rounds} round(s); spread = min–max over the rounds "
+                   "(bench/perf_vs_loadgen.py).", ""]
+            md += perf_vs_loadgen.markdown(entry["perf_analyzer"])
     text = "\n".join(md) + "\n"
     with open(os.path.join(a.out, "serve_bench.md"), "w") as f:
         f.write(text)

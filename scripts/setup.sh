@@ -135,6 +135,30 @@ for lib in libblas.so.3 liblapack.so.3; do
 done
 say "BLAS: OpenMP OpenBLAS selected"
 
+verify() {  # file sha256
+  local got; got="$(sha256sum "$1" | awk '{print $1}')"
+  [ "$got" = "$2" ] || die "checksum mismatch for $(basename "$1"): got $got, want $2"
+}
+# apt-get download of Debian 13 (trixie) packages into $CACHE, through a private apt
+# configuration whose sources are this machine's debian.sources with bookworm replaced by trixie;
+# nothing is installed. Arguments: NAME=VERSION ...
+trixie_download() {
+  local apt_dir="$CACHE/apt-trixie"
+  mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
+  sed 's/bookworm/trixie/g' /etc/apt/sources.list.d/debian.sources > "$apt_dir/parts/trixie.sources"
+  : > "$apt_dir/status"
+  cat > "$apt_dir/apt.conf" <<EOF
+Dir::Etc::SourceList "/dev/null";
+Dir::Etc::SourceParts "$apt_dir/parts";
+Dir::State::Lists "$apt_dir/lists";
+Dir::State::status "$apt_dir/status";
+Dir::Cache "$apt_dir/cache";
+EOF
+  APT_CONFIG="$apt_dir/apt.conf" apt-get update -qq
+  (cd "$CACHE" && APT_CONFIG="$apt_dir/apt.conf" \
+    apt-get download -qq "$@" 2>&1 | grep -v unsandboxed || true)
+}
+
 # ---------------------------------------------------------------------------------------------
 # 2. ONNX Runtime.
 # ---------------------------------------------------------------------------------------------
@@ -155,10 +179,6 @@ elif [ -f "$STAMP" ] && [ -f "$ORT_DIR/lib/libonnxruntime.so.1" ] \
 else
   [ "$CHECK_ONLY" -eq 1 ] && { echo "ONNX Runtime not provisioned"; exit 1; }
   mkdir -p "$CACHE"
-  verify() {  # file sha256
-    local got; got="$(sha256sum "$1" | awk '{print $1}')"
-    [ "$got" = "$2" ] || die "checksum mismatch for $(basename "$1"): got $got, want $2"
-  }
 
   tgz="$CACHE/onnxruntime-node-${ORT_NPM_VERSION}.tgz"
   if [ ! -f "$tgz" ] || ! (sha256sum "$tgz" | grep -q "$ORT_NPM_SHA256"); then
@@ -171,20 +191,7 @@ else
   deb="$CACHE/libonnxruntime-dev_${ORT_DEB_VERSION}_amd64.deb"
   if [ ! -f "$deb" ] || ! (sha256sum "$deb" | grep -q "$ORT_DEB_SHA256"); then
     say "downloading Debian 13 libonnxruntime-dev ${ORT_DEB_VERSION} (headers only; not installed)"
-    apt_dir="$CACHE/apt-trixie"
-    mkdir -p "$apt_dir/parts" "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial"
-    sed 's/bookworm/trixie/g' /etc/apt/sources.list.d/debian.sources > "$apt_dir/parts/trixie.sources"
-    : > "$apt_dir/status"
-    cat > "$apt_dir/apt.conf" <<EOF
-Dir::Etc::SourceList "/dev/null";
-Dir::Etc::SourceParts "$apt_dir/parts";
-Dir::State::Lists "$apt_dir/lists";
-Dir::State::status "$apt_dir/status";
-Dir::Cache "$apt_dir/cache";
-EOF
-    APT_CONFIG="$apt_dir/apt.conf" apt-get update -qq
-    (cd "$CACHE" && APT_CONFIG="$apt_dir/apt.conf" \
-      apt-get download -qq "libonnxruntime-dev=${ORT_DEB_VERSION}" 2>&1 | grep -v unsandboxed || true)
+    trixie_download "libonnxruntime-dev=${ORT_DEB_VERSION}"
     # apt-get download names the file with the epoch-escaped version
     found="$(ls "$CACHE"/libonnxruntime-dev_*_amd64.deb 2>/dev/null | head -1)"
     [ -n "$found" ] || die "apt-get download libonnxruntime-dev=${ORT_DEB_VERSION} failed"
@@ -305,6 +312,76 @@ PY
   sha256sum "$wheel" > "$OV_DIR/SOURCES.sha256"
   touch "$OV_STAMP"
   say "OpenVINO ${OV_VERSION} provisioned ($(basename "$wheel"))"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 4c. Triton's perf_analyzer (bench/perf_vs_loadgen.py, bench/serve_bench.py --perf-analyzer),
+# from the pinned perf-analyzer wheel in scripts/python/perf-analyzer.txt (downloaded with
+# --require-hashes for its manylinux_2_38 tag: the binary needs glibc 2.38 and GLIBCXX_3.4.32,
+# Debian 12 has 2.36 and 3.4.30). Debian 13's libc6, libstdc++6 and libgcc-s1 (pinned versions,
+# SHA-256 checked, fetched with trixie_download, never installed) are unpacked beside it into
+# third_party/perf_analyzer/lib; scripts/perf_analyzer.sh runs the binary through that dynamic
+# loader with --library-path. Its other libraries (libssl, libcrypto, libz) are the system's.
+# ---------------------------------------------------------------------------------------------
+PA_REQ="$ROOT/scripts/python/perf-analyzer.txt"
+PA_VERSION="$(awk -F'[= ]+' '/^perf-analyzer==/{print $2; exit}' "$PA_REQ")"
+PA_DEBS=(
+  "libc6 2.41-12+deb13u5 b59b0625cd1a791375d40dab23a4d5d3d0641e3d0a773501becdc3725b7f99cf"
+  "libstdc++6 14.2.0-19 ab1fa05837aa7a92aae748fd07a18a35f7d18bb4a71c4724fe2bbf0e32089de0"
+  "libgcc-s1 14.2.0-19 3c71917b490d1a17aed43196a2787a256ecf060526cdb20216a74bedc061b150"
+)
+PA_DIR="$ROOT/third_party/perf_analyzer"
+PA_STAMP="$PA_DIR/.provisioned-${PA_VERSION}-$(printf '%s\n' "${PA_DEBS[@]}" | sha256sum | cut -c1-12)"
+if [ -f "$PA_STAMP" ] && [ -x "$PA_DIR/bin/perf_analyzer" ] && [ -f "$PA_DIR/lib/ld-linux-x86-64.so.2" ]; then
+  say "perf_analyzer ${PA_VERSION}: already provisioned in third_party/perf_analyzer"
+else
+  [ "$CHECK_ONLY" -eq 1 ] && { echo "perf_analyzer not provisioned in third_party/perf_analyzer"; exit 1; }
+  [ -n "$PA_VERSION" ] || die "no perf-analyzer== pin in $PA_REQ"
+  mkdir -p "$CACHE/wheels"
+  say "downloading the perf-analyzer ${PA_VERSION} wheel (manylinux_2_38, hash-checked)"
+  "$VENV/bin/pip" download -q --no-input --no-deps --require-hashes --only-binary=:all: \
+    --platform manylinux_2_38_x86_64 --python-version 3.11 -d "$CACHE/wheels" -r "$PA_REQ"
+  pa_wheel="$(ls "$CACHE"/wheels/perf_analyzer-"${PA_VERSION}"-*.whl 2>/dev/null | head -1)"
+  [ -n "$pa_wheel" ] || die "pip download perf-analyzer==${PA_VERSION} left no wheel"
+  pa_specs=()
+  for entry in "${PA_DEBS[@]}"; do
+    read -r name version sum <<<"$entry"
+    deb="$CACHE/${name}_${version}_amd64.deb"
+    if [ ! -f "$deb" ] || ! (sha256sum "$deb" | grep -q "$sum"); then pa_specs+=("$name=$version"); fi
+  done
+  if [ "${#pa_specs[@]}" -gt 0 ]; then
+    say "downloading Debian 13 ${pa_specs[*]} (unpacked for perf_analyzer only; not installed)"
+    trixie_download "${pa_specs[@]}"
+  fi
+  say "unpacking perf_analyzer and its Debian 13 runtime into third_party/perf_analyzer"
+  rm -rf "$PA_DIR"
+  pa_tmp="$(mktemp -d)"
+  mkdir -p "$PA_DIR/bin" "$PA_DIR/lib"
+  for entry in "${PA_DEBS[@]}"; do
+    read -r name version sum <<<"$entry"
+    # apt-get download escapes the version's ':' (none here) and names the file like this.
+    deb="$CACHE/${name}_${version}_amd64.deb"
+    [ -f "$deb" ] || die "apt-get download ${name}=${version} failed"
+    verify "$deb" "$sum"
+    dpkg-deb -x "$deb" "$pa_tmp/root"
+  done
+  cp -a "$pa_tmp/root/usr/lib/${MULTIARCH}/." "$PA_DIR/lib/"
+  rm -rf "$PA_DIR/lib/gconv"
+  "$VENV/bin/python" - "$pa_wheel" "$PA_DIR/bin" <<'PY'
+import os, sys, zipfile
+wheel, out = sys.argv[1], sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    with open(os.path.join(out, "perf_analyzer"), "wb") as f:
+        f.write(z.read("perf_analyzer/bin/perf_analyzer"))
+os.chmod(os.path.join(out, "perf_analyzer"), 0o755)
+PY
+  rm -rf "$pa_tmp"
+  sha256sum "$pa_wheel" "$CACHE"/libc6_*.deb "$CACHE"/libstdc++6_*.deb "$CACHE"/libgcc-s1_*.deb \
+    > "$PA_DIR/SOURCES.sha256"
+  "$ROOT/scripts/perf_analyzer.sh" --version >/dev/null 2>&1 \
+    || die "third_party/perf_analyzer: the binary does not run (scripts/perf_analyzer.sh --version)"
+  touch "$PA_STAMP"
+  say "perf_analyzer ${PA_VERSION} provisioned ($(basename "$pa_wheel"))"
 fi
 
 # ---------------------------------------------------------------------------------------------

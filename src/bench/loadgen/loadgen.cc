@@ -92,6 +92,15 @@ struct Http {
     curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
     return status;
   }
+  // The last request's wait for its response, in seconds: from the moment the transfer began
+  // (connection ready, request about to be sent) to the first byte of the response. Includes the
+  // upload, which libcurl 7.88 cannot time on its own.
+  double ResponseWait() {
+    curl_off_t pre = 0, first = 0;
+    curl_easy_getinfo(curl, CURLINFO_PRETRANSFER_TIME_T, &pre);
+    curl_easy_getinfo(curl, CURLINFO_STARTTRANSFER_TIME_T, &first);
+    return static_cast<double>(std::max<curl_off_t>(0, first - pre)) / 1e6;
+  }
   CURL* curl;
 };
 
@@ -220,8 +229,7 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
     csv << (rate_mode ? "Request Rate" : "Concurrency")
         << ",Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,"
            "Server Compute Input,Server Compute Infer,Server Compute Output,Client Recv,"
-           "p50 latency,p90 latency,p95 latency,p99 latency,Avg latency,request/response,"
-           "response wait\n";
+           "p50 latency,p90 latency,p95 latency,p99 latency,request/response,response wait\n";
   }
   if (a.out != nullptr) {
     std::fprintf(a.out, "%-12s %12s %10s %10s %10s %10s %10s %10s %8s %8s%s\n",
@@ -233,6 +241,7 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
     if (stop_requested()) return CancelledError("interrupted");
     std::mutex mu;
     std::vector<double> latencies;  // seconds, current window
+    double wait_sum = 0;            // seconds, the current window's response waits added up
     // Answered 503 (refused: queue full, admission budget, shutting down), with their latencies.
     std::vector<double> refused_latencies;
     std::atomic<int64_t> errors{0}, late{0}, sent{0}, refused{0};
@@ -292,36 +301,45 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
             ++errors;
             continue;
           }
+          const double wait = h.ResponseWait();
           std::lock_guard l(mu);
           latencies.push_back(s);
+          wait_sum += wait;
         }
         curl_slist_free_all(headers);
       });
     }
-    // Windows until the last three agree within --stability percent (throughput and p99).
-    std::vector<double> rates, p99s, p50s, p90s, p95s, avgs;
-    ServerSplit before = ReadStats(http, a.url, a.model), after = before;
+    // Windows until the last three agree within --stability percent (throughput and p99). The
+    // windows are contiguous: each starts where the previous one was cut, and the server's
+    // statistics are read at every cut.
+    std::vector<double> rates, p99s;
+    std::vector<std::vector<double>> windows;  // each measured window's sorted latencies
+    std::vector<double> window_secs, window_waits;
+    std::vector<ServerSplit> cuts;  // the server's statistics at the end of every window
     bool stable = false;
+    auto cut = Clock::now();
     for (int w = 0; w < a.max_windows && !stop_requested(); ++w) {
-      if (w == 1) before = ReadStats(http, a.url, a.model);  // window 0 warms up
-      const auto start = Clock::now();
-      std::this_thread::sleep_for(std::chrono::milliseconds(a.window_ms));
+      const auto start = cut;
+      std::this_thread::sleep_until(start + std::chrono::milliseconds(a.window_ms));
       std::vector<double> window;
       {
         std::lock_guard l(mu);
         window.swap(latencies);
+        window_waits.push_back(wait_sum);
+        wait_sum = 0;
       }
-      const double secs = std::chrono::duration<double>(Clock::now() - start).count();
-      if (w == 0) continue;
+      cut = Clock::now();
+      const double secs = std::chrono::duration<double>(cut - start).count();
+      cuts.push_back(ReadStats(http, a.url, a.model));  // window 0 warms up: its cut opens 1
+      if (w == 0) {
+        window_waits.clear();
+        continue;
+      }
       rates.push_back(static_cast<double>(window.size() * static_cast<size_t>(per_request)) / secs);
-      double sum = 0;
-      for (double x : window) sum += x;
-      avgs.push_back(window.empty() ? 0 : sum / static_cast<double>(window.size()));
       std::sort(window.begin(), window.end());
-      p50s.push_back(QuantileOfSorted(window, 0.50));
-      p90s.push_back(QuantileOfSorted(window, 0.90));
-      p95s.push_back(QuantileOfSorted(window, 0.95));
       p99s.push_back(QuantileOfSorted(window, 0.99));
+      windows.push_back(std::move(window));
+      window_secs.push_back(secs);
       if (rates.size() >= 3) {
         auto within = [&](const std::vector<double>& v) {
           const size_t n = v.size();
@@ -337,23 +355,39 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
         }
       }
     }
-    after = ReadStats(http, a.url, a.model);
     stop = true;
     for (auto& t : clients) t.join();
-    if (rates.empty()) break;
-    // Report the mean of the last (up to) three windows.
-    auto last3 = [](const std::vector<double>& v) {
-      const size_t n = std::min<size_t>(3, v.size());
-      double s = 0;
-      for (size_t i = v.size() - n; i < v.size(); ++i) s += v[i];
-      return s / static_cast<double>(n);
-    };
+    if (windows.empty()) break;
+    // The report merges the last (up to) three windows the way perf_analyzer merges its stable
+    // ones: throughput is their requests over their time, the percentiles and the average are
+    // over their latencies pooled, and the server's split is over the same stretch of time.
+    const size_t k = std::min<size_t>(3, windows.size());
+    std::vector<double> pooled;
+    double pooled_secs = 0, pooled_wait = 0;
+    for (size_t i = windows.size() - k; i < windows.size(); ++i) {
+      pooled.insert(pooled.end(), windows[i].begin(), windows[i].end());
+      pooled_secs += window_secs[i];
+      pooled_wait += window_waits[i];
+    }
+    std::sort(pooled.begin(), pooled.end());
+    double sum = 0;
+    for (double x : pooled) sum += x;
+    const double throughput =
+        static_cast<double>(pooled.size() * static_cast<size_t>(per_request)) / pooled_secs;
+    const double p50 = QuantileOfSorted(pooled, 0.50), p90 = QuantileOfSorted(pooled, 0.90);
+    const double p95 = QuantileOfSorted(pooled, 0.95), p99 = QuantileOfSorted(pooled, 0.99);
+    // cuts has one entry per window including the warm-up: the measured window i (0-based) ran
+    // from cuts[i] to cuts[i + 1].
+    const ServerSplit& before = cuts[cuts.size() - 1 - k];
+    const ServerSplit& after = cuts.back();
     const double requests = std::max(1.0, after.count - before.count);
     const double queue_us = (after.queue_ns - before.queue_ns) / requests / 1e3;
     const double input_us = (after.input_ns - before.input_ns) / requests / 1e3;
     const double infer_us = (after.infer_ns - before.infer_ns) / requests / 1e3;
     const double output_us = (after.output_ns - before.output_ns) / requests / 1e3;
-    const double avg_us = last3(avgs) * 1e6;
+    const double avg_us = pooled.empty() ? 0 : sum / static_cast<double>(pooled.size()) * 1e6;
+    const double wait_us =
+        pooled.empty() ? 0 : pooled_wait / static_cast<double>(pooled.size()) * 1e6;
     std::string late_column;
     if (rate_mode) {
       late_column =
@@ -361,11 +395,11 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
     }
     LevelResult r;
     r.level = level;
-    r.throughput = last3(rates);
-    r.p50_ms = last3(p50s) * 1e3;
-    r.p90_ms = last3(p90s) * 1e3;
-    r.p95_ms = last3(p95s) * 1e3;
-    r.p99_ms = last3(p99s) * 1e3;
+    r.throughput = throughput;
+    r.p50_ms = p50 * 1e3;
+    r.p90_ms = p90 * 1e3;
+    r.p95_ms = p95 * 1e3;
+    r.p99_ms = p99 * 1e3;
     r.avg_ms = avg_us / 1e3;
     r.queue_ms = queue_us / 1e3;
     r.compute_ms = (input_us + infer_us + output_us) / 1e3;
@@ -378,8 +412,8 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
     if (a.out != nullptr) {
       std::fprintf(a.out,
                    "%-12g %12.1f %10.2f %10.2f %10.2f %10.2f %10.2f %10.2f %8lld %8lld%s%s\n",
-                   level, last3(rates), last3(p50s) * 1e3, last3(p90s) * 1e3, last3(p95s) * 1e3,
-                   last3(p99s) * 1e3, queue_us / 1e3, (input_us + infer_us + output_us) / 1e3,
+                   level, throughput, p50 * 1e3, p90 * 1e3, p95 * 1e3, p99 * 1e3, queue_us / 1e3,
+                   (input_us + infer_us + output_us) / 1e3,
                    static_cast<long long>(errors.load()), static_cast<long long>(refused.load()),
                    late_column.c_str(), stable ? "" : "  (not stable)");
       if (!refused_latencies.empty()) {
@@ -406,10 +440,10 @@ Result<std::vector<LevelResult>> Measure(const Options& a) {
     }
     if (!a.csv.empty()) {
       const double server_us = queue_us + input_us + infer_us + output_us;
-      csv << level << "," << last3(rates) << ",0," << std::max(0.0, avg_us - server_us) << ","
+      csv << level << "," << throughput << ",0," << std::max(0.0, avg_us - server_us) << ","
           << queue_us << "," << input_us << "," << infer_us << "," << output_us << ",0,"
-          << last3(p50s) * 1e6 << "," << last3(p90s) * 1e6 << "," << last3(p95s) * 1e6 << ","
-          << last3(p99s) * 1e6 << "," << avg_us << ",0,0\n";
+          << p50 * 1e6 << "," << p90 * 1e6 << "," << p95 * 1e6 << "," << p99 * 1e6 << ","
+          << std::max(0.0, avg_us - wait_us) << "," << wait_us << "\n";
       KILN_RETURN_IF_ERROR(WriteFileAtomic(a.csv, csv.str()));
     }
   }
