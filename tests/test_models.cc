@@ -9,14 +9,26 @@ namespace kiln::testing {
 
 train::Checkpoint SmallTrainedModel(const std::string& arch, uint64_t seed, int64_t steps) {
   torch::manual_seed(seed);
-  auto model = train::CreateModel(arch, {});
+  const train::ModelWidths widths =
+      arch == "airbench94" ? kSmallAirbenchWidths : train::ModelWidths{};
+  auto model = train::CreateModel(arch, {}, widths);
   EXPECT_TRUE(model.ok()) << model.status().ToString();
   const data::ImageSet& train = SharedDataset().train;
   train::Checkpoint ckpt;
   ckpt.meta.arch = arch;
+  ckpt.meta.widths = widths;
   ckpt.meta.class_names = SharedDataset().class_names;
   ckpt.meta.normalization = data::ComputeNormalization(train.Subset({0, 1, 2, 3, 4, 5, 6, 7}));
   ckpt.model = *model;
+  {
+    constexpr int64_t kFit = 256;
+    auto fit = torch::empty({kFit, train.channels, train.height, train.width});
+    for (int64_t i = 0; i < kFit; ++i) {
+      data::NormalizeImage(train.image(i), train.channels, train.height * train.width,
+                           ckpt.meta.normalization, fit.data_ptr<float>() + i * train.image_bytes());
+    }
+    ckpt.model->InitFromData(fit);  // airbench94's whitening; a no-op for the others
+  }
   data::LoaderOptions lo;
   lo.batch_size = 64;
   data::BatchLoader loader(&train, ckpt.meta.normalization, lo);

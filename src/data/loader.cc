@@ -138,17 +138,26 @@ int64_t BatchLoader::FillBatch(int64_t epoch, int64_t batch, float* images, int6
     const auto cx = static_cast<int64_t>(rng() % static_cast<uint64_t>(w));
     const int64_t oy = aug.random_crop ? dy : 0;
     const int64_t ox = aug.random_crop ? dx : 0;
-    const bool do_flip = aug.flip && flip;
+    bool do_flip = aug.flip && flip;
+    if (aug.flip && aug.alternating_flip) {
+      std::mt19937_64 image_rng(StreamSeed(options_.seed ^ 0xa17e7a7eULL, 0, index));
+      do_flip = ((image_rng() & 1U) != 0) != (epoch % 2 == 1);
+    }
     // Output pixel (y, x) reads source (y + oy, x' + ox) where x' is x mirrored when flipping;
-    // outside the source it is a zero pixel (the padding).
+    // outside the source it is a zero pixel, or the source reflected at its edge.
+    const auto reflect = [](int64_t v, int64_t n) {
+      if (v < 0) v = -v;
+      if (v >= n) v = 2 * n - 2 - v;
+      return std::clamp<int64_t>(v, 0, n - 1);  // a pad wider than the image
+    };
     for (int64_t ch = 0; ch < c; ++ch) {
       uint8_t* plane = scratch_.data() + ch * hw;
       const uint8_t* sp = src + ch * hw;
       for (int64_t y = 0; y < h; ++y) {
-        const int64_t sy = y + oy;
+        const int64_t sy = aug.reflect ? reflect(y + oy, h) : y + oy;
         for (int64_t x = 0; x < w; ++x) {
           const int64_t xx = do_flip ? (w - 1 - x) : x;
-          const int64_t sx = xx + ox;
+          const int64_t sx = aug.reflect ? reflect(xx + ox, w) : xx + ox;
           plane[y * w + x] =
               (sy >= 0 && sy < h && sx >= 0 && sx < w) ? sp[sy * w + sx] : uint8_t{0};
         }

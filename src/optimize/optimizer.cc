@@ -362,6 +362,7 @@ class Optimizer {
       t.validation_size = saved.value("validation_size", t.validation_size);
       t.batch_size = saved.value("batch_size", t.batch_size);
       t.precision = saved.value("precision", t.precision);
+      t.tta = saved.value("tta", t.tta);  // the fine-tuned model carries the original's
       t.epochs = o_.finetune_epochs;
       t.lr *= o_.finetune_lr_scale;
       t.warmup_fraction = 0.2;

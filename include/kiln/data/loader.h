@@ -35,9 +35,14 @@ void NormalizeImage(const uint8_t* chw, int64_t channels, int64_t hw, const Norm
                     float* out);
 
 struct AugmentOptions {
-  bool random_crop = true;  // pad by `pad` pixels (zeros) and crop back at a random offset
+  bool random_crop = true;  // pad by `pad` pixels and crop back at a random offset
   int64_t pad = 4;
-  bool flip = true;    // horizontal flip with probability 1/2
+  bool reflect = false;  // pad by reflection (airbench's translation) instead of black pixels
+  bool flip = true;      // horizontal flip with probability 1/2
+  // With `flip`: each image's flip is drawn once per run (from the seed and its index), and
+  // every odd epoch mirrors it again, so an image is seen both ways in any two consecutive
+  // epochs (airbench's alternating flip) instead of independently each epoch.
+  bool alternating_flip = false;
   int64_t cutout = 0;  // side of a square set to the mean (0 after normalization); 0 = off
 };
 

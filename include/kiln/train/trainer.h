@@ -13,7 +13,10 @@
 //   training_curve.png  loss and accuracy vs epoch
 //   summary.json        test accuracy (of best.ckpt), per-class accuracy, timing, sizes, versions
 // The test split is only touched once, at the end, for the report; model selection uses the
-// validation split carved from the training data.
+// validation split carved from the training data. With no validation split (validation_size 0,
+// airbench94's fixed schedule) best.ckpt is the last epoch's weights.
+// A model with test-time augmentation (airbench94, `tta`) applies it in every evaluation, the
+// test report included; summary.json also gives the test accuracy without it.
 //
 // Reproducibility: with the same options (seed, threads) the run is bit-for-bit repeatable, and
 // a resumed run continues exactly where the interrupted one stopped (order and augmentation of
@@ -53,7 +56,24 @@ struct TrainOptions {
   double weight_decay = 5e-4;
   std::string schedule = "onecycle";  // "onecycle" (linear up, linear down) or "cosine"
   double warmup_fraction = 0.25;      // share of all steps spent warming up
+  // onecycle: the warm-up starts at lr * lr_initial_factor and the decay ends at
+  // lr * lr_final_factor (airbench94: 0.2 and 0.07).
+  double lr_initial_factor = 0.0;
+  double lr_final_factor = 0.0;
+  // Batch-norm parameters (".bn." in their name) train at lr * bias_lr_scale with weight decay
+  // weight_decay / bias_lr_scale, so their decay per step is unchanged (airbench94: 64).
+  double bias_lr_scale = 1.0;
   double label_smoothing = 0.2;
+  // airbench94's recipe parts, each switchable (the others ignore them):
+  bool whitening_init = true;      // first layer = patch whitening of 5,000 training images
+                                   // (frozen); off: random and trained
+  bool identity_init = true;       // 3x3 convolutions start as identities; off: Kaiming uniform
+  int64_t whiten_bias_epochs = 3;  // the whitening layer's bias trains this many epochs, then
+                                   // is frozen
+  // Lookahead: every 5 steps the weights move to an exponential moving average of themselves,
+  // whose decay rises as 0.95^5 * (step / total)^3; the last step ends on the average.
+  bool lookahead = false;
+  std::string tta = "none";  // test-time augmentation the model carries (TtaLevelName)
   data::AugmentOptions augmentation;  // crop(pad 4) + flip by default; cutout off
   int64_t validation_size = 5000;     // carved from the training split for model selection
   int64_t train_limit = 0;            // use only the first N training images (0 = all); tests
