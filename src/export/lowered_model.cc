@@ -29,17 +29,29 @@ class Params {
 
 // conv (no bias) + eval-mode batch norm -> one conv with bias:
 // w' = w * g / sqrt(v + eps), b' = beta - m * g / sqrt(v + eps).
-Status AddConvBnRelu(const Params& p, const std::string& prefix, LoweredModel* out) {
+// `before_pool`: the batch norm follows a max-pool, which it commutes with only if no scale is
+// negative.
+Status AddConvBn(const Params& p, const std::string& prefix, double eps, bool before_pool,
+                 LoweredModel* out) {
   KILN_ASSIGN_OR_RETURN(torch::Tensor w, p.Get(prefix + ".conv.weight"));
   KILN_ASSIGN_OR_RETURN(torch::Tensor gamma, p.Get(prefix + ".bn.weight"));
   KILN_ASSIGN_OR_RETURN(torch::Tensor beta, p.Get(prefix + ".bn.bias"));
   KILN_ASSIGN_OR_RETURN(torch::Tensor mean, p.Get(prefix + ".bn.running_mean"));
   KILN_ASSIGN_OR_RETURN(torch::Tensor var, p.Get(prefix + ".bn.running_var"));
-  torch::Tensor scale =
-      gamma.to(torch::kDouble) / torch::sqrt(var.to(torch::kDouble) + train::kBatchNormEps);
+  torch::Tensor scale = gamma.to(torch::kDouble) / torch::sqrt(var.to(torch::kDouble) + eps);
+  if (before_pool && (scale < 0).any().item<bool>()) {
+    return UnimplementedError("batch norm '" + prefix +
+                              "' after a max-pool has a negative scale; it cannot be folded");
+  }
   out->ops.push_back(
-      {Kind::kConv3x3, prefix, (w.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(torch::kFloat),
-       (beta.to(torch::kDouble) - mean.to(torch::kDouble) * scale).to(torch::kFloat)});
+      {Kind::kConv, prefix, (w.to(torch::kDouble) * scale.view({-1, 1, 1, 1})).to(torch::kFloat),
+       (beta.to(torch::kDouble) - mean.to(torch::kDouble) * scale).to(torch::kFloat),
+       w.size(2) / 2});
+  return Status::Ok();
+}
+
+Status AddConvBnRelu(const Params& p, const std::string& prefix, LoweredModel* out) {
+  KILN_RETURN_IF_ERROR(AddConvBn(p, prefix, train::kBatchNormEps, false, out));
   out->ops.push_back({Kind::kRelu, prefix, {}, {}});
   return Status::Ok();
 }
@@ -48,7 +60,7 @@ Status LowerSeedCnn(const Params& p, LoweredModel* out) {
   for (const char* conv : {"conv1", "conv2", "conv3"}) {
     KILN_ASSIGN_OR_RETURN(torch::Tensor w, p.Get(std::string(conv) + ".weight"));
     KILN_ASSIGN_OR_RETURN(torch::Tensor b, p.Get(std::string(conv) + ".bias"));
-    out->ops.push_back({Kind::kConv3x3, conv, w, b});
+    out->ops.push_back({Kind::kConv, conv, w, b});
     out->ops.push_back({Kind::kRelu, conv, {}, {}});
     out->ops.push_back({Kind::kMaxPool2, conv, {}, {}});
   }
@@ -86,11 +98,37 @@ Status LowerResNet9(const Params& p, LoweredModel* out) {
   return Status::Ok();
 }
 
+// whiten (2x2, no padding) -> GELU -> three blocks of [conv -> pool -> bn -> GELU -> conv -> bn ->
+// GELU] -> global max-pool -> linear / 9, with the test-time augmentation the model carries.
+Status LowerAirbench(const Params& p, const train::Classifier& model, LoweredModel* out) {
+  KILN_ASSIGN_OR_RETURN(torch::Tensor ww, p.Get("whiten.weight"));
+  KILN_ASSIGN_OR_RETURN(torch::Tensor wb, p.Get("whiten.bias"));
+  out->ops.push_back({Kind::kConv, "whiten", ww, wb, 0});
+  out->ops.push_back({Kind::kGelu, "whiten", {}, {}});
+  for (const char* block : {"block1", "block2", "block3"}) {
+    const std::string a = std::string(block) + "a";
+    const std::string b = std::string(block) + "b";
+    KILN_RETURN_IF_ERROR(AddConvBn(p, a, train::kAirbenchBatchNormEps, true, out));
+    out->ops.push_back({Kind::kMaxPool2, a, {}, {}});
+    out->ops.push_back({Kind::kGelu, a, {}, {}});
+    KILN_RETURN_IF_ERROR(AddConvBn(p, b, train::kAirbenchBatchNormEps, false, out));
+    out->ops.push_back({Kind::kGelu, b, {}, {}});
+  }
+  out->ops.push_back({Kind::kGlobalMaxPool, "pool", {}, {}});
+  out->ops.push_back({Kind::kFlatten, "flatten", {}, {}});
+  KILN_ASSIGN_OR_RETURN(torch::Tensor w, p.Get("fc.weight"));
+  out->ops.push_back({Kind::kLinear, "fc", (w.to(torch::kDouble) * train::kAirbenchHeadScale).to(torch::kFloat), {}});
+  if (model.tta() != train::TtaLevel::kNone) out->tta = train::TtaViews(model.tta());
+  return Status::Ok();
+}
+
 }  // namespace
 
 Result<LoweredModel> LowerModel(const train::Checkpoint& checkpoint) {
   const std::string& arch = checkpoint.meta.arch;
   LoweredModel out;
+  out.height = checkpoint.meta.shape.height;
+  out.width = checkpoint.meta.shape.width;
   try {
     torch::NoGradGuard no_grad;
     Params params(*checkpoint.model);
@@ -98,6 +136,8 @@ Result<LoweredModel> LowerModel(const train::Checkpoint& checkpoint) {
       KILN_RETURN_IF_ERROR(LowerSeedCnn(params, &out));
     } else if (arch == "kiln-resnet" || arch == "resnet9") {
       KILN_RETURN_IF_ERROR(LowerResNet9(params, &out));
+    } else if (arch == "airbench94") {
+      KILN_RETURN_IF_ERROR(LowerAirbench(params, *checkpoint.model, &out));
     } else {
       return UnimplementedError("no exporter for architecture '" + arch + "'");
     }

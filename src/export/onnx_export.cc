@@ -4,7 +4,9 @@
 #include <onnx/onnx_pb.h>
 #include <onnx/shape_inference/implementation.h>
 
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "kiln/core/file.h"
 #include "kiln/core/version.h"
@@ -38,7 +40,13 @@ class GraphBuilder {
                    const std::function<void(onnx::NodeProto*)>& attrs = {}) {
     onnx::NodeProto* n = graph_->add_node();
     n->set_op_type(op);
-    n->set_name(hint + "/" + op);
+    // Node names must be unique: a second node of the same kind under one hint gets a suffix.
+    std::string name = hint + "/" + op;
+    if (!node_names_.insert(name).second) {
+      name += "_" + std::to_string(counter_);
+      node_names_.insert(name);
+    }
+    n->set_name(name);
     for (const auto& in : inputs) n->add_input(in);
     std::string out = hint + "/" + op + "_out" + std::to_string(counter_++);
     n->add_output(out);
@@ -60,16 +68,38 @@ class GraphBuilder {
     a->set_i(value);
   }
 
-  // 3x3 convolution, stride 1, padding 1.
-  std::string Conv3x3(const std::string& x, const std::string& hint, const torch::Tensor& w,
-                      const torch::Tensor& b) {
+  // k x k convolution, stride 1, `pad` on every side.
+  std::string Conv(const std::string& x, const std::string& hint, const torch::Tensor& w,
+                   const torch::Tensor& b, int64_t pad) {
     std::string wn = Constant(hint + ".weight", w);
     std::string bn = Constant(hint + ".bias", b);
-    return Node("Conv", {x, wn, bn}, hint, [](onnx::NodeProto* n) {
-      Ints(n, "kernel_shape", {3, 3});
-      Ints(n, "pads", {1, 1, 1, 1});
+    const int64_t k = w.size(2);
+    return Node("Conv", {x, wn, bn}, hint, [k, pad](onnx::NodeProto* n) {
+      Ints(n, "kernel_shape", {k, k});
+      Ints(n, "pads", {pad, pad, pad, pad});
       Ints(n, "strides", {1, 1});
     });
+  }
+  // A float32 scalar initializer, one per value.
+  std::string Scalar(float v) {
+    const std::string name = "const_f" + std::to_string(v);
+    if (scalars_.insert(name).second) Constant(name, torch::tensor(v));
+    return name;
+  }
+  // An int64 initializer (shapes, pads, slice bounds).
+  std::string Int64s(const std::string& name, const std::vector<int64_t>& values) {
+    onnx::TensorProto* init = graph_->add_initializer();
+    init->set_name(name);
+    init->set_data_type(onnx::TensorProto::INT64);
+    init->add_dims(static_cast<int64_t>(values.size()));
+    for (int64_t v : values) init->add_int64_data(v);
+    return name;
+  }
+  // Exact GELU from opset-13 operators: x * 0.5 * (1 + erf(x / sqrt(2))) (ONNX Runtime fuses it).
+  std::string Gelu(const std::string& x, const std::string& hint) {
+    std::string e = Node("Erf", {Node("Div", {x, Scalar(1.41421356237F)}, hint)}, hint);
+    std::string y = Node("Mul", {x, Node("Add", {e, Scalar(1.0F)}, hint)}, hint);
+    return Node("Mul", {y, Scalar(0.5F)}, hint);
   }
   std::string Relu(const std::string& x, const std::string& hint) {
     return Node("Relu", {x}, hint);
@@ -91,20 +121,75 @@ class GraphBuilder {
  private:
   onnx::GraphProto* graph_;
   int counter_ = 0;
+  std::set<std::string> scalars_;
+  std::set<std::string> node_names_;
 };
+
+// Test-time augmentation: the views of `input` concatenated along the batch ([V*N, C, H, W]).
+std::string EmitViews(GraphBuilder& g, const LoweredModel& lowered, const std::string& input) {
+  std::vector<std::string> views;
+  for (size_t i = 0; i < lowered.tta.size(); ++i) {
+    const train::TtaView& v = lowered.tta[i];
+    const std::string hint = "tta/view" + std::to_string(i);
+    std::string x = input;
+    if (v.shift != 0) {
+      const int64_t p = std::abs(v.shift);
+      const int64_t y0 = p + v.shift;
+      x = g.Node("Pad", {x, g.Int64s(hint + ".pads", {0, 0, p, p, 0, 0, p, p})}, hint,
+                 [](onnx::NodeProto* n) {
+                   onnx::AttributeProto* a = n->add_attribute();
+                   a->set_name("mode");
+                   a->set_type(onnx::AttributeProto::STRING);
+                   a->set_s("reflect");
+                 });
+      x = g.Node("Slice",
+                 {x, g.Int64s(hint + ".starts", {y0, y0}),
+                  g.Int64s(hint + ".ends", {y0 + lowered.height, y0 + lowered.width}),
+                  g.Int64s(hint + ".axes", {2, 3})},
+                 hint);
+    }
+    if (v.mirror) {
+      x = g.Node("Slice",
+                 {x, g.Int64s(hint + ".mstarts", {-1}),
+                  g.Int64s(hint + ".mends", {std::numeric_limits<int64_t>::min()}),
+                  g.Int64s(hint + ".maxes", {3}), g.Int64s(hint + ".msteps", {-1})},
+                 hint);
+    }
+    views.push_back(x);
+  }
+  return g.Node("Concat", views, "tta", [](onnx::NodeProto* n) { GraphBuilder::Int(n, "axis", 0); });
+}
+
+// [V*N, K] logits -> their weighted sum over the V views: [N, K].
+std::string EmitViewMean(GraphBuilder& g, const LoweredModel& lowered, const std::string& logits) {
+  const auto v = static_cast<int64_t>(lowered.tta.size());
+  std::vector<float> weights;
+  for (const auto& view : lowered.tta) weights.push_back(static_cast<float>(view.weight));
+  const int64_t classes = lowered.ops.back().weight.size(0);  // the head's outputs
+  std::string x =
+      g.Node("Reshape", {logits, g.Int64s("tta/mean.shape", {v, -1, classes})}, "tta/mean");
+  x = g.Node("Mul", {x, g.Constant("tta/mean.weights", torch::tensor(weights).view({v, 1, 1}))},
+             "tta/mean");
+  return g.Node("ReduceSum", {x, g.Int64s("tta/mean.axes", {0})}, "tta/mean",
+                [](onnx::NodeProto* n) { GraphBuilder::Int(n, "keepdims", 0); });
+}
 
 // Emits the lowered ops as ONNX nodes; returns the name of the last value.
 std::string EmitOnnx(GraphBuilder& g, const LoweredModel& lowered, const std::string& input) {
   using Kind = LoweredOp::Kind;
-  std::string x = input;
+  const bool tta = lowered.tta.size() > 1;
+  std::string x = tta ? EmitViews(g, lowered, input) : input;
   std::vector<std::string> skips;
   for (const LoweredOp& op : lowered.ops) {
     switch (op.kind) {
-      case Kind::kConv3x3:
-        x = g.Conv3x3(x, op.name, op.weight, op.bias);
+      case Kind::kConv:
+        x = g.Conv(x, op.name, op.weight, op.bias, op.padding);
         break;
       case Kind::kRelu:
         x = g.Relu(x, op.name);
+        break;
+      case Kind::kGelu:
+        x = g.Gelu(x, op.name);
         break;
       case Kind::kMaxPool2:
         x = g.MaxPool2(x, op.name);
@@ -130,7 +215,7 @@ std::string EmitOnnx(GraphBuilder& g, const LoweredModel& lowered, const std::st
         break;
     }
   }
-  return x;
+  return tta ? EmitViewMean(g, lowered, x) : x;
 }
 
 void AddMeta(onnx::ModelProto* model, const std::string& key, const std::string& value) {

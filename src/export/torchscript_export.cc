@@ -23,6 +23,30 @@ Emitted Emit(const LoweredModel& lowered) {
   Emitted e;
   std::ostringstream src;
   src << "def forward(self, x):\n";
+  // Test-time augmentation: the views as one batch, their logits averaged at the end (as
+  // train::ApplyTta does).
+  const bool tta = lowered.tta.size() > 1;
+  if (tta) {
+    src << "    n = x.size(0)\n";
+    std::string views;
+    for (size_t i = 0; i < lowered.tta.size(); ++i) {
+      const train::TtaView& v = lowered.tta[i];
+      const std::string name = "v" + std::to_string(i);
+      std::string expr = "x";
+      if (v.shift != 0) {
+        const int64_t p = std::abs(v.shift);
+        const int64_t y0 = p + v.shift;
+        expr = "torch.reflection_pad2d(x, [" + std::to_string(p) + ", " + std::to_string(p) + ", " +
+               std::to_string(p) + ", " + std::to_string(p) + "])[:, :, " + std::to_string(y0) +
+               ":" + std::to_string(y0 + lowered.height) + ", " + std::to_string(y0) + ":" +
+               std::to_string(y0 + lowered.width) + "]";
+      }
+      if (v.mirror) expr = "torch.flip(" + expr + ", [3])";
+      src << "    " << name << " = " << expr << "\n";
+      views += (views.empty() ? "" : ", ") + name;
+    }
+    src << "    x = torch.cat([" << views << "], 0)\n";
+  }
   std::vector<std::string> skips;
   int n = 0;
   auto param = [&](const std::string& what, const torch::Tensor& t) {
@@ -32,14 +56,18 @@ Emitted Emit(const LoweredModel& lowered) {
   };
   for (const LoweredOp& op : lowered.ops) {
     switch (op.kind) {
-      case Kind::kConv3x3: {
+      case Kind::kConv: {
         const std::string w = param("w", op.weight);
         const std::string b = param("b", op.bias);
-        src << "    x = torch.conv2d(x, " << w << ", " << b << ", [1, 1], [1, 1])\n";
+        src << "    x = torch.conv2d(x, " << w << ", " << b << ", [1, 1], [" << op.padding << ", "
+            << op.padding << "])\n";
         break;
       }
       case Kind::kRelu:
         src << "    x = torch.relu(x)\n";
+        break;
+      case Kind::kGelu:
+        src << "    x = torch.gelu(x)\n";
         break;
       case Kind::kMaxPool2:
         src << "    x = torch.max_pool2d(x, [2, 2], [2, 2])\n";
@@ -69,6 +97,13 @@ Emitted Emit(const LoweredModel& lowered) {
         break;
       }
     }
+  }
+  if (tta) {
+    std::vector<float> weights;
+    for (const auto& v : lowered.tta) weights.push_back(static_cast<float>(v.weight));
+    const auto count = static_cast<int64_t>(weights.size());
+    const std::string w = param("tta", torch::tensor(weights).view({count, 1, 1}));
+    src << "    x = (x.view(" << count << ", n, -1) * " << w << ").sum(0)\n";
   }
   src << "    return x\n";
   e.source = src.str();

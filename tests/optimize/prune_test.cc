@@ -65,7 +65,7 @@ TEST_P(PruneTest, PrunedModelEqualsOriginalWithChannelsZeroed) {
               train::CountParameters(*ckpt.model));
 
     // The original with the removed channels zeroed computes the same logits.
-    auto zeroed = train::CreateModel(GetParam(), {});
+    auto zeroed = train::CreateModel(GetParam(), {}, ckpt.meta.widths);
     KILN_ASSERT_OK(zeroed.status());
     {
       torch::NoGradGuard no_grad;
@@ -97,7 +97,8 @@ TEST_P(PruneTest, PrunedModelEqualsOriginalWithChannelsZeroed) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Archs, PruneTest, ::testing::Values("seed-cnn", "kiln-resnet"));
+INSTANTIATE_TEST_SUITE_P(Archs, PruneTest,
+                         ::testing::Values("seed-cnn", "kiln-resnet", "airbench94"));
 
 TEST(PruneTest, RemovesTheSmallestFiltersOfALayer) {
   train::Checkpoint ckpt = Trained("seed-cnn");

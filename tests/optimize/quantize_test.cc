@@ -9,6 +9,9 @@
 #include <fstream>
 
 #include "../onnx_value_info.h"
+#include "../test_models.h"
+#include "kiln/data/loader.h"
+#include "kiln/export/onnx_export.h"
 #include "kiln/backend/factory/factory.h"
 #include "kiln/backend/inference_backend.h"
 #include "kiln/optimize/quantize/onnx_graph.h"
@@ -249,6 +252,63 @@ TEST(OnnxGraphTest, LoadRejectsGarbage) {
   auto m = LoadOnnx(file);
   EXPECT_FALSE(m.ok());
   EXPECT_EQ(LoadOnnx(dir.path() / "missing.onnx").status().code(), StatusCode::kNotFound);
+}
+
+// airbench94 (reduced width, flip test-time augmentation in the graph): every convolution and
+// the head get INT8 weights and quantized inputs, while the GELUs and the views stay float; ONNX
+// Runtime runs the result and it agrees with the float model.
+TEST(QuantizeStaticTest, AirbenchQuantizesEveryConvolution) {
+  train::Checkpoint ckpt = testing::SmallTrainedModel("airbench94", /*seed=*/11, /*steps=*/60);
+  auto bytes = exporter::BuildOnnxModel(ckpt, {});
+  KILN_ASSERT_RESULT_OK(bytes);
+  onnx::ModelProto fp32;
+  ASSERT_TRUE(fp32.ParseFromString(*bytes));
+  const auto normalized = [&](const data::ImageSet& set, int64_t n) {
+    std::vector<float> x(static_cast<size_t>(n * set.image_bytes()));
+    for (int64_t i = 0; i < n; ++i) {
+      data::NormalizeImage(set.image(i), set.channels, set.height * set.width,
+                           ckpt.meta.normalization, x.data() + i * set.image_bytes());
+    }
+    return x;
+  };
+  const std::vector<float> calib = normalized(testing::SharedDataset().train, 256);
+  QuantizeOptions qo;
+  auto ranges = Calibrate(fp32, calib.data(), 256, 3072, qo, nullptr);
+  KILN_ASSERT_RESULT_OK(ranges);
+  QuantizeReport rep;
+  auto int8 = QuantizeStatic(fp32, *ranges, qo, &rep);
+  KILN_ASSERT_RESULT_OK(int8);
+  EXPECT_EQ(rep.quantized_weights, 8);  // whiten, six block convolutions, the head
+  for (const std::string& n : rep.float_nodes) EXPECT_EQ(n.find("Conv"), std::string::npos) << n;
+  int erf = 0;
+  for (const auto& n : int8->graph().node()) erf += n.op_type() == "Erf" ? 1 : 0;
+  EXPECT_EQ(erf, 7);  // the GELUs are still there, in float
+
+  testing::TempDir dir;
+  std::vector<std::vector<float>> logits;
+  const int64_t n = 500;
+  const std::vector<float> images = normalized(testing::SharedDataset().test, n);
+  for (const onnx::ModelProto* m : {&fp32, &*int8}) {
+    const std::string file = (dir.path() / (m == &fp32 ? "fp32.onnx" : "int8.onnx")).string();
+    KILN_ASSERT_OK(SaveOnnx(*m, file));
+    backend::BackendOptions bo;
+    bo.model_path = file;
+    auto engine = backend::CreateBackend("onnxruntime", bo);
+    KILN_ASSERT_RESULT_OK(engine);
+    std::vector<float> y(static_cast<size_t>(n * 10));
+    KILN_ASSERT_OK((*engine)->Run(images.data(), n, y.data()));
+    logits.push_back(std::move(y));
+  }
+  int64_t same = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* a = logits[0].data() + i * 10;
+    const float* b = logits[1].data() + i * 10;
+    same += (std::max_element(a, a + 10) - a) == (std::max_element(b, b + 10) - b) ? 1 : 0;
+  }
+  const double agreement = static_cast<double>(same) / static_cast<double>(n);
+  std::cout << "airbench94 INT8 vs FP32 top-1 agreement on " << n << " test images: " << agreement
+            << "\n";
+  EXPECT_GE(agreement, 0.95);
 }
 
 }  // namespace

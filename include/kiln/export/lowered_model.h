@@ -3,7 +3,11 @@
 // TorchScript writers both emit from it, so the two files always describe the same network.
 //
 // Batch norm is folded into the convolution before it (in double, rounded once to float) and
-// ResNet-9's 1/8 logit scale into the head's weights. Residual connections use a small stack:
+// ResNet-9's 1/8 (airbench94's 1/9) logit scale into the head's weights. airbench94's batch norm
+// follows a max-pool; it folds into the convolution before the pool because its scale is never
+// negative (frozen at 1), so it commutes with the max. A model carrying test-time augmentation
+// (airbench94) lowers it too: `tta` lists the views the writers build from the input, run
+// through the network as one batch, and average. Residual connections use a small stack:
 // kPushSkip saves the current value, kAddSkip adds the saved value to the current one.
 #pragma once
 
@@ -15,13 +19,15 @@
 
 #include "kiln/core/status.h"
 #include "kiln/train/checkpoint.h"
+#include "kiln/train/models.h"
 
 namespace kiln::exporter {
 
 struct LoweredOp {
   enum class Kind {
-    kConv3x3,
+    kConv,  // stride 1, kernel from the weight, `padding` on every side
     kRelu,
+    kGelu,  // exact (erf) GELU
     kMaxPool2,
     kPushSkip,
     kAddSkip,
@@ -31,12 +37,16 @@ struct LoweredOp {
   };
   Kind kind;
   std::string name;      // layer name, e.g. "layer1" (for node names)
-  torch::Tensor weight;  // kConv3x3: [out, in, 3, 3]; kLinear: [out, in]
+  torch::Tensor weight;  // kConv: [out, in, k, k]; kLinear: [out, in]
   torch::Tensor bias;    // may be undefined for kLinear
+  int64_t padding = 1;   // kConv
 };
 
 struct LoweredModel {
   std::vector<LoweredOp> ops;
+  std::vector<train::TtaView> tta;  // empty or one view: none
+  int64_t height = 0;               // input size (the views' crops need it)
+  int64_t width = 0;
 };
 
 // Lowers `checkpoint.model` (eval mode). Unknown architectures are Unimplemented.

@@ -42,6 +42,16 @@ Result<Plan> PlanFor(const train::CheckpointMeta& meta) {
                  {"layer3", {"layer3", "res3b"}, {{"res3a.conv.weight"}, {"fc.weight"}}},
                  {"res3a", {"res3a"}, {{"res3b.conv.weight"}}}}};
   }
+  if (meta.arch == "airbench94") {
+    // No residual connections: every convolution is its own group.
+    return Plan{true,
+                {{"block1a", {"block1a"}, {{"block1b.conv.weight"}}},
+                 {"block1b", {"block1b"}, {{"block2a.conv.weight"}}},
+                 {"block2a", {"block2a"}, {{"block2b.conv.weight"}}},
+                 {"block2b", {"block2b"}, {{"block3a.conv.weight"}}},
+                 {"block3a", {"block3a"}, {{"block3b.conv.weight"}}},
+                 {"block3b", {"block3b"}, {{"fc.weight"}}}}};
+  }
   return UnimplementedError("no pruning plan for architecture '" + meta.arch + "'");
 }
 
@@ -98,7 +108,7 @@ Result<PruneResult> PruneCheckpoint(const train::Checkpoint& source, const Prune
       if (plan.batch_norm) {
         KILN_ASSIGN_OR_RETURN(torch::Tensor gamma, get(layer + ".bn.weight"));
         KILN_ASSIGN_OR_RETURN(torch::Tensor var, get(layer + ".bn.running_var"));
-        w = w * (gamma.to(torch::kDouble) / torch::sqrt(var.to(torch::kDouble) + train::kBatchNormEps))
+        w = w * (gamma.to(torch::kDouble) / torch::sqrt(var.to(torch::kDouble) + train::BatchNormEps(source.meta.arch)))
                     .unsqueeze(1);
       }
       torch::Tensor norms = options.norm == "l1" ? w.abs().sum(1) : w.pow(2).sum(1).sqrt();

@@ -3,6 +3,7 @@
 #include <onnx/shape_inference/implementation.h>
 
 #include <algorithm>
+#include <functional>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -462,15 +463,36 @@ Result<onnx::ModelProto> QuantizeStatic(const onnx::ModelProto& model, const Ten
     if (removed[i]) continue;
     for (const auto& in : nodes[i].input()) consumers[in].push_back(i);
   }
-  auto supported = [&](size_t i) {
-    return kComputeOps.count(nodes[i].op_type()) || kPassThroughOps.count(nodes[i].op_type());
-  };
-  auto wants_quantization = [&](const std::string& t) {
-    if (graph_outputs.count(t)) return false;
-    for (size_t c : consumers[t]) {
-      if (supported(c)) return true;
+  // An Add of an activation and a constant (a GELU's 1 + erf) is left in float: only an Add of
+  // two activations (a residual connection) is quantized.
+  auto compute = [&](size_t i) {
+    const onnx::NodeProto& n = nodes[i];
+    if (n.op_type() == "Add") {
+      for (const auto& in : n.input()) {
+        if (inits.count(in)) return false;
+      }
     }
-    return false;
+    return kComputeOps.count(n.op_type()) > 0;
+  };
+  auto supported = [&](size_t i) {
+    return compute(i) || kPassThroughOps.count(nodes[i].op_type()) > 0;
+  };
+  // A tensor is quantized when a quantized op reads it, directly or through pass-through ops
+  // (max-pool, reshape, ...) whose outputs are.
+  std::map<std::string, bool> wanted;
+  std::function<bool(const std::string&)> wants_quantization = [&](const std::string& t) {
+    if (graph_outputs.count(t)) return false;
+    if (auto it = wanted.find(t); it != wanted.end()) return it->second;
+    bool w = false;
+    for (size_t c : consumers[t]) {
+      if (compute(c) || (kPassThroughOps.count(nodes[c].op_type()) &&
+                         nodes[c].output_size() > 0 && wants_quantization(nodes[c].output(0)))) {
+        w = true;
+        break;
+      }
+    }
+    wanted[t] = w;
+    return w;
   };
 
   // 2. Parameters of every quantized activation, in graph order.
@@ -488,15 +510,21 @@ Result<onnx::ModelProto> QuantizeStatic(const onnx::ModelProto& model, const Ten
     if (removed[i] || nodes[i].output_size() == 0) continue;
     const std::string& op = nodes[i].op_type();
     const std::string& y = nodes[i].output(0);
-    if (!wants_quantization(y)) continue;
-    if (kComputeOps.count(op)) {
-      auto r = ranges.find(y);
-      if (r == ranges.end()) continue;
-      params[y] = relu_outputs.count(y) || op == "Relu" ? ReluParams(r->second.max, u8)
-                                                        : ActivationParams(r->second.min, r->second.max, u8);
-    } else if (kPassThroughOps.count(op) && params.count(nodes[i].input(0))) {
-      params[y] = params[nodes[i].input(0)];  // max/reshape keep the quantization grid
+    if (graph_outputs.count(y)) continue;
+    if (kPassThroughOps.count(op)) {
+      // max/reshape keep the quantization grid: quantizing their output loses nothing.
+      if (params.count(nodes[i].input(0))) params[y] = params[nodes[i].input(0)];
+      continue;
     }
+    // A convolution's output is always quantized (ONNX Runtime runs a QDQ Conv as an integer
+    // convolution only when its output is), even when a float op such as GELU reads it; any
+    // other op's output when a quantized op reads it.
+    if (!wants_quantization(y) && op != "Conv") continue;
+    auto r = ranges.find(y);
+    if (r == ranges.end()) continue;
+    params[y] = relu_outputs.count(y) || op == "Relu"
+                    ? ReluParams(r->second.max, u8)
+                    : ActivationParams(r->second.min, r->second.max, u8);
   }
 
   // 3. Emit: Q/DQ after every quantized tensor; weights and biases as integer initializers.
