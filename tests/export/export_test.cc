@@ -48,12 +48,18 @@ Result<std::unique_ptr<backend::InferenceBackend>> OpenExported(
 // libtorch's TorchScript runtime), agree with the trained model in libtorch (eval mode) and with
 // each other: max |diff| <= 1e-4 and the same top-1 for every image, at batch 1, 7 and 64
 // through the symbolic batch dimension.
-// airbench94 (at a reduced width) carries flip test-time augmentation, so its files compute the
-// two views and their mean in the graph.
+// airbench94 (at a reduced width) carries test-time augmentation, so its files compute the
+// views (flip: 2; flip-translate: 6, shifted with reflect padding) and their mean in the graph.
 TEST(ExportTest, BothEnginesMatchTheTrainedModel) {
-  for (const char* arch : {"seed-cnn", "kiln-resnet", "airbench94"}) {
-    SCOPED_TRACE(arch);
+  const std::vector<std::pair<std::string, train::TtaLevel>> models = {
+      {"seed-cnn", train::TtaLevel::kNone},
+      {"kiln-resnet", train::TtaLevel::kNone},
+      {"airbench94", train::TtaLevel::kFlip},
+      {"airbench94", train::TtaLevel::kFlipTranslate}};
+  for (const auto& [arch, tta] : models) {
+    SCOPED_TRACE(arch + " " + train::TtaLevelName(tta));
     train::Checkpoint ckpt = SmallTrainedModel(arch);
+    KILN_ASSERT_OK(ckpt.model->set_tta(tta));
     testing::TempDir dir;
     KILN_ASSERT_OK(ExportOnnx(ckpt, {}, dir.path() / "model.onnx"));
     KILN_ASSERT_OK(ExportTorchScript(ckpt, dir.path() / "model.pt", ""));
