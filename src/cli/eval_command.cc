@@ -11,6 +11,7 @@
 #include "kiln/data/cifar10.h"
 #include "kiln/eval/evaluate.h"
 #include "kiln/train/checkpoint.h"
+#include "kiln/train/models.h"
 #include "kiln/train/evaluate.h"
 
 namespace kiln::cli {
@@ -24,6 +25,7 @@ struct EvalArgs {
   std::string data = DefaultDataPath();
   int64_t batch_size = 500;
   int threads = 2;
+  std::string tta;  // empty: the checkpoint's own level
   bool json = false;
 };
 
@@ -47,6 +49,11 @@ int RunEval(const EvalArgs& a) {
   torch::set_num_threads(a.threads);
   if (a.checkpoint.empty() == a.model.empty()) {
     std::cerr << "kiln eval: give exactly one of --checkpoint or --model\n";
+    return kExitUsage;
+  }
+  if (!a.tta.empty() && !a.model.empty()) {
+    std::cerr << "kiln eval: --tta applies to --checkpoint; an exported model computes the "
+                 "test-time augmentation it was exported with\n";
     return kExitUsage;
   }
   // Name a missing model before spending seconds on the data.
@@ -85,6 +92,14 @@ int RunEval(const EvalArgs& a) {
                 << a.data << " has " << ds->class_names.size() << "\n";
       return kExitFailure;
     }
+    if (!a.tta.empty()) {
+      auto level = train::ParseTtaLevel(a.tta);
+      const Status s = level.ok() ? ckpt->model->set_tta(*level) : level.status();
+      if (!s.ok()) {
+        std::cerr << "kiln eval: --tta: " << s.ToString() << "\n";
+        return kExitUsage;
+      }
+    }
     train::EvalOptions eo;
     eo.batch_size = a.batch_size;
     auto result =
@@ -96,6 +111,9 @@ int RunEval(const EvalArgs& a) {
     r = std::move(result).value();
     names = meta.class_names;
     what = a.checkpoint + " (" + meta.arch + ")";
+    if (ckpt->model->tta() != train::TtaLevel::kNone) {
+      what += " with " + train::TtaLevelName(ckpt->model->tta()) + " test-time augmentation";
+    }
   }
   if (a.json) {
     nlohmann::json j = {{"model", what},          {"images", r.images},
@@ -143,6 +161,10 @@ void RegisterEvalCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--batch-size", a->batch_size, "Images per forward pass")
       ->capture_default_str()
       ->check(CLI::Range(1, 65536));
+  cmd->add_option("--tta", a->tta,
+                  "With --checkpoint: evaluate with this test-time augmentation (none, flip, "
+                  "flip-translate) instead of the one the checkpoint carries")
+      ->check(CLI::IsMember({"none", "flip", "flip-translate"}));
   cmd->add_option("--threads", a->threads, "Engine threads (libtorch, ONNX Runtime, OpenVINO)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));

@@ -132,6 +132,19 @@ TEST(CliTest, TrainEvalExport) {
       RunKiln("eval " + data + " --checkpoint '" + (dir.path() / "best.ckpt").string() + "'");
   EXPECT_EQ(text.exit_code, 0);
   EXPECT_TRUE(Contains(text.output, "confusion matrix")) << text.output;
+  // --tta re-evaluates a checkpoint at another test-time-augmentation level: none is what this
+  // one carries; seed-cnn has no other, and an exported file computes the one it was written with.
+  const std::string best = " --checkpoint '" + (dir.path() / "best.ckpt").string() + "'";
+  auto none = RunKiln("eval --json --tta none " + data + best);
+  ASSERT_EQ(none.exit_code, 0) << none.output;
+  EXPECT_DOUBLE_EQ(nlohmann::json::parse(none.output).at("accuracy").get<double>(),
+                   summary.at("test_accuracy").get<double>());
+  auto flip = RunKiln("eval --tta flip " + data + best);
+  EXPECT_EQ(flip.exit_code, 2) << flip.output;
+  EXPECT_TRUE(Contains(flip.output, "seed-cnn has no test-time augmentation")) << flip.output;
+  auto on_file = RunKiln("eval --tta flip " + data + " --model '" + (dir.path() / "x.onnx").string() + "'");
+  EXPECT_EQ(on_file.exit_code, 2) << on_file.output;
+  EXPECT_TRUE(Contains(on_file.output, "--tta applies to --checkpoint")) << on_file.output;
 
   // export writes model.onnx and model.pt and checks both engines against the checkpoint in
   // libtorch on all 10,000 test images.
