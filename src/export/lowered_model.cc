@@ -109,7 +109,11 @@ Status LowerAirbench(const Params& p, const train::Classifier& model, LoweredMod
     const std::string a = std::string(block) + "a";
     const std::string b = std::string(block) + "b";
     KILN_RETURN_IF_ERROR(AddConvBn(p, a, train::kAirbenchBatchNormEps, true, out));
+    // The folded shift goes after the pool (max(x + b) = max(x) + b), as its own op.
+    torch::Tensor shift = out->ops.back().bias;
+    out->ops.back().bias = torch::Tensor();
     out->ops.push_back({Kind::kMaxPool2, a, {}, {}});
+    out->ops.push_back({Kind::kBias, a, {}, shift});
     out->ops.push_back({Kind::kGelu, a, {}, {}});
     KILN_RETURN_IF_ERROR(AddConvBn(p, b, train::kAirbenchBatchNormEps, false, out));
     out->ops.push_back({Kind::kGelu, b, {}, {}});

@@ -71,10 +71,10 @@ class GraphBuilder {
   // k x k convolution, stride 1, `pad` on every side.
   std::string Conv(const std::string& x, const std::string& hint, const torch::Tensor& w,
                    const torch::Tensor& b, int64_t pad) {
-    std::string wn = Constant(hint + ".weight", w);
-    std::string bn = Constant(hint + ".bias", b);
+    std::vector<std::string> inputs = {x, Constant(hint + ".weight", w)};
+    if (b.defined()) inputs.push_back(Constant(hint + ".bias", b));
     const int64_t k = w.size(2);
-    return Node("Conv", {x, wn, bn}, hint, [k, pad](onnx::NodeProto* n) {
+    return Node("Conv", inputs, hint, [k, pad](onnx::NodeProto* n) {
       Ints(n, "kernel_shape", {k, k});
       Ints(n, "pads", {pad, pad, pad, pad});
       Ints(n, "strides", {1, 1});
@@ -193,6 +193,9 @@ std::string EmitOnnx(GraphBuilder& g, const LoweredModel& lowered, const std::st
         break;
       case Kind::kMaxPool2:
         x = g.MaxPool2(x, op.name);
+        break;
+      case Kind::kBias:
+        x = g.Node("Add", {x, g.Constant(op.name + ".shift", op.bias.view({1, -1, 1, 1}))}, op.name);
         break;
       case Kind::kPushSkip:
         skips.push_back(x);

@@ -58,7 +58,7 @@ Emitted Emit(const LoweredModel& lowered) {
     switch (op.kind) {
       case Kind::kConv: {
         const std::string w = param("w", op.weight);
-        const std::string b = param("b", op.bias);
+        const std::string b = op.bias.defined() ? param("b", op.bias) : "None";
         src << "    x = torch.conv2d(x, " << w << ", " << b << ", [1, 1], [" << op.padding << ", "
             << op.padding << "])\n";
         break;
@@ -71,6 +71,9 @@ Emitted Emit(const LoweredModel& lowered) {
         break;
       case Kind::kMaxPool2:
         src << "    x = torch.max_pool2d(x, [2, 2], [2, 2])\n";
+        break;
+      case Kind::kBias:
+        src << "    x = x + " << param("shift", op.bias.view({1, -1, 1, 1})) << "\n";
         break;
       case Kind::kPushSkip:
         skips.push_back("skip" + std::to_string(n++));

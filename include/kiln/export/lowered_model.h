@@ -4,8 +4,12 @@
 //
 // Batch norm is folded into the convolution before it (in double, rounded once to float) and
 // ResNet-9's 1/8 (airbench94's 1/9) logit scale into the head's weights. airbench94's batch norm
-// follows a max-pool; it folds into the convolution before the pool because its scale is never
-// negative (frozen at 1), so it commutes with the max. A model carrying test-time augmentation
+// follows a max-pool; its scale folds into the convolution before the pool because it is never
+// negative (frozen at 1), so it commutes with the max, and its shift is added after the pool
+// (kBias), in front of the GELU. Written as conv-with-bias -> pool -> GELU, the graph is the same
+// function, but OpenVINO's CPU plugin (2026.4, f32) fuses the GELU into the convolution across
+// the max-pool, which is exact only for a non-decreasing activation such as ReLU; the separate
+// Add after the pool stops that fusion (docs/decisions.md, "OpenVINO and airbench94"). A model carrying test-time augmentation
 // (airbench94) lowers it too: `tta` lists the views the writers build from the input, run
 // through the network as one batch, and average. Residual connections use a small stack:
 // kPushSkip saves the current value, kAddSkip adds the saved value to the current one.
@@ -28,6 +32,7 @@ struct LoweredOp {
     kConv,  // stride 1, kernel from the weight, `padding` on every side
     kRelu,
     kGelu,  // exact (erf) GELU
+    kBias,  // add `bias` [C] to every position of channel C
     kMaxPool2,
     kPushSkip,
     kAddSkip,
@@ -38,7 +43,7 @@ struct LoweredOp {
   Kind kind;
   std::string name;      // layer name, e.g. "layer1" (for node names)
   torch::Tensor weight;  // kConv: [out, in, k, k]; kLinear: [out, in]
-  torch::Tensor bias;    // may be undefined for kLinear
+  torch::Tensor bias;    // kBias; may be undefined for kConv and kLinear
   int64_t padding = 1;   // kConv
 };
 
