@@ -9,10 +9,11 @@
 // (kBias), in front of the GELU. Written as conv-with-bias -> pool -> GELU, the graph is the same
 // function, but OpenVINO's CPU plugin (2026.4, f32) fuses the GELU into the convolution across
 // the max-pool, which is exact only for a non-decreasing activation such as ReLU; the separate
-// Add after the pool stops that fusion (docs/decisions.md, "OpenVINO and airbench94"). A model carrying test-time augmentation
-// (airbench94) lowers it too: `tta` lists the views the writers build from the input, run
-// through the network as one batch, and average. Residual connections use a small stack:
-// kPushSkip saves the current value, kAddSkip adds the saved value to the current one.
+// Add after the pool stops that fusion (docs/decisions.md, "OpenVINO and airbench94").
+// A model carrying test-time augmentation (airbench94) lowers it too: `tta` lists the views the
+// writers build from the input, run through the network as one batch, and average. Residual
+// connections use a small stack: kPushSkip saves the current value, kAddSkip adds the saved
+// value to the current one.
 #pragma once
 
 #include <torch/torch.h>
