@@ -505,19 +505,22 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
       auto it = variants.find(s.variant);
       const int64_t size = it != variants.end() ? it->second.value("size_bytes", int64_t{0}) : fp32_size;
       const double ips = (*best)["images_per_second"].get<double>();
+      const double accuracy = judged_accuracy(s);
+      const std::optional<double> delta = judged_delta(s);
+      // accuracy_cell leaves the Python peers' cells blank; this table gives them the manifest's.
+      std::string cell = accuracy_cell(s);
+      if (accuracy < 0) {
+        cell = "not measured";
+      } else if (cell == "-") {
+        cell = Format("%.2f%%", 100 * accuracy) + " (manifest)";
+      }
       md << "| " << s.label << " | " << Format("%.2f", size / 1e6) << " | "
          << (size > 0 && fp32_size > 0 ? Format("%.2fx", static_cast<double>(fp32_size) / size) : "-")
-         << " | "
-         << (judged_accuracy(s) < 0 ? std::string("not measured")
-             : accuracy_cell(s) != "-"
-                 ? accuracy_cell(s)
-                 : Format("%.2f%%", 100 * judged_accuracy(s)) + " (manifest)")
-         << " | "
-         << (judged_delta(s) ? Format("%+.2f", *judged_delta(s)) : "-")
+         << " | " << cell << " | " << (delta ? Format("%+.2f", *delta) : "-")
          << " | " << (s.by_batch.count(1) ? Format("%.3f", s.by_batch.at(1)["median_ms"]) : "-")
          << " | " << Format("%.0f", ips) << " | " << (*best)["batch"] << " | "
          << (base_ips > 0 ? Format("%.2fx", ips / base_ips) : "-") << " |\n";
-      if (judged_accuracy(s) >= 0) points.push_back({s.label, ips, judged_accuracy(s)});
+      if (accuracy >= 0) points.push_back({s.label, ips, accuracy});
     }
     if (!peers.value("available", false)) {
       md << "\nPeers (PyTorch in Python) were not measured: " << peers.value("reason", "?") << "\n";

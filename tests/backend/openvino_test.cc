@@ -61,11 +61,13 @@ class OpenVinoTest : public ::testing::Test {
   static fs::path Fp32() { return dir_->path() / "fp32.onnx"; }
   static fs::path Int8() { return dir_->path() / "int8-static.onnx"; }
 
-  static std::vector<float> Normalized(const data::ImageSet& set, int64_t first, int64_t count) {
+  // Images `first`.. normalized with `norm` (default: the seed-cnn's statistics).
+  static std::vector<float> Normalized(const data::ImageSet& set, int64_t first, int64_t count,
+                                       const data::Normalization* norm = nullptr) {
     std::vector<float> x(static_cast<size_t>(count * set.image_bytes()));
     for (int64_t i = 0; i < count; ++i) {
-      data::NormalizeImage(set.image(first + i), set.channels, set.height * set.width, *norm_,
-                           x.data() + i * set.image_bytes());
+      data::NormalizeImage(set.image(first + i), set.channels, set.height * set.width,
+                           norm ? *norm : *norm_, x.data() + i * set.image_bytes());
     }
     return x;
   }
@@ -139,12 +141,7 @@ TEST_F(OpenVinoTest, Fp32AirbenchMatchesOnnxRuntime) {
   const fs::path model = dir_->path() / "airbench94.onnx";
   KILN_ASSERT_OK(exporter::ExportOnnx(ckpt, {}, model));
   const int64_t n = 200;
-  const auto& test = testing::SharedDataset().test;
-  std::vector<float> images(static_cast<size_t>(n * test.image_bytes()));
-  for (int64_t i = 0; i < n; ++i) {
-    data::NormalizeImage(test.image(i), test.channels, test.height * test.width,
-                         ckpt.meta.normalization, images.data() + i * test.image_bytes());
-  }
+  const auto images = Normalized(testing::SharedDataset().test, 0, n, &ckpt.meta.normalization);
   const auto ort = Logits("onnxruntime", model, images, n, 50);
   const auto ov = Logits("openvino", model, images, n, 50);
   ASSERT_EQ(ort.size(), ov.size());
