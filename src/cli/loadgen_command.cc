@@ -11,7 +11,8 @@ namespace kiln::cli {
 namespace {
 
 struct LoadgenArgs {
-  std::string url = "http://127.0.0.1:8000";
+  std::string url;  // empty: the protocol's default
+  std::string protocol = "http";
   std::string model;
   std::string mode = "json";  // json | binary | image
   std::string images;         // image mode: a folder of image files
@@ -20,6 +21,7 @@ struct LoadgenArgs {
   std::string request_rate;               // requests/s: N or START:END:STEP (open loop)
   std::string distribution = "constant";  // rate mode: constant | poisson
   int max_threads = 64;                   // rate mode: sender threads
+  std::string latency_from = "due";       // rate mode: due | send
   int window_ms = 2000;
   int max_windows = 10;
   double stability = 10.0;  // percent
@@ -28,7 +30,12 @@ struct LoadgenArgs {
 
 int RunLoadgen(const LoadgenArgs& a) {
   loadgen::Options o;
-  o.url = a.url;
+  o.protocol = a.protocol;
+  if (!a.url.empty()) {
+    o.url = a.url;
+  } else if (a.protocol == "grpc") {
+    o.url = "127.0.0.1:8001";
+  }
   o.model = a.model;
   o.mode = a.mode;
   o.images = a.images;
@@ -43,6 +50,7 @@ int RunLoadgen(const LoadgenArgs& a) {
   o.levels = *levels;
   o.distribution = a.distribution;
   o.max_threads = a.max_threads;
+  o.latency_from = a.latency_from;
   o.window_ms = a.window_ms;
   o.max_windows = a.max_windows;
   o.stability = a.stability;
@@ -61,11 +69,18 @@ void RegisterLoadgenCommand(CLI::App& app, Runner* run) {
   auto a = std::make_shared<LoadgenArgs>();
   auto* cmd = app.add_subcommand(
       "loadgen", "Measure a KServe v2 server like perf_analyzer (concurrency sweep, percentiles)");
-  cmd->add_option("--url", a->url, "Server base URL")->capture_default_str();
+  cmd->add_option("--url", a->url,
+                  "Server: a base URL over HTTP (default http://127.0.0.1:8000), host:port over "
+                  "gRPC (default 127.0.0.1:8001)");
+  cmd->add_option("-i,--protocol", a->protocol,
+                  "http or grpc (Triton's GRPCInferenceService; perf_analyzer's -i)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"http", "grpc"}));
   cmd->add_option("-m,--model", a->model, "Model name")->required();
   cmd->add_option("--mode", a->mode,
-                  "json: KServe JSON tensors; binary: binary tensor extension; image: upload "
-                  "the files of --images to /predict")
+                  "json: typed tensors (HTTP: KServe JSON; gRPC: fp32_contents); binary: raw "
+                  "bytes (HTTP: binary tensor extension; gRPC: raw_input_contents); image: upload "
+                  "the files of --images to /predict (HTTP only)")
       ->capture_default_str()
       ->check(CLI::IsMember({"json", "binary", "image"}));
   cmd->add_option("--images", a->images, "image mode: folder of image files (sent as image/png)");
@@ -88,6 +103,11 @@ void RegisterLoadgenCommand(CLI::App& app, Runner* run) {
                   "Rate mode: sender threads (requests in flight at most)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1024));
+  cmd->add_option("--latency-from", a->latency_from,
+                  "Rate mode: count a latency from the request's due time (due: a wait for a "
+                  "free sender counts) or from when it left (send: perf_analyzer's definition)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"due", "send"}));
   cmd->add_option("--window-ms", a->window_ms, "Measurement window")
       ->capture_default_str()
       ->check(CLI::Range(100, 600000));

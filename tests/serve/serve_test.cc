@@ -16,7 +16,9 @@
 #include <opencv2/imgcodecs.hpp>
 #include <cstdlib>
 #include <iterator>
+#include <map>
 #include <set>
+#include <sstream>
 #include <thread>
 
 #include "../test_util.h"
@@ -703,6 +705,90 @@ TEST_F(ServeTest, LoadgenHoldsAFixedRequestRate) {
   EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 10 --concurrency 2").exit_code, 2);
   EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 0").exit_code, 2);
   EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate abc").exit_code, 2);
+}
+
+// A loadgen CSV as rows of column -> value.
+std::vector<std::map<std::string, double>> ReadLoadgenCsv(const fs::path& path) {
+  std::ifstream in(path);
+  std::string line;
+  std::vector<std::string> header;
+  std::vector<std::map<std::string, double>> rows;
+  auto split = [](const std::string& text) {
+    std::vector<std::string> out;
+    std::stringstream ss(text);
+    for (std::string cell; std::getline(ss, cell, ',');) out.push_back(cell);
+    return out;
+  };
+  if (!std::getline(in, line)) return rows;
+  header = split(line);
+  while (std::getline(in, line)) {
+    const auto cells = split(line);
+    std::map<std::string, double> row;
+    for (size_t i = 0; i < cells.size() && i < header.size(); ++i) row[header[i]] = std::stod(cells[i]);
+    rows.push_back(row);
+  }
+  return rows;
+}
+
+// kiln loadgen over gRPC (Triton's GRPCInferenceService, perf_analyzer's -i grpc): raw and typed
+// tensors both run, at a concurrency and at a rate; the server's split comes from gRPC
+// ModelStatistics (non-zero queue and compute); what gRPC cannot carry is a usage error.
+TEST_F(ServeTest, LoadgenMeasuresOverGrpc) {
+  testing::TempDir dir;
+  const std::string common = " -i grpc --url " + server_->grpc_address() +
+                             " -m cifar --window-ms 300 --max-windows 4";
+  const std::vector<std::string> loads = {"--mode binary --concurrency 1:2:x2",
+                                          "--mode json -b 2 --concurrency 2",
+                                          "--mode binary --request-rate 50 --latency-from send"};
+  for (size_t i = 0; i < loads.size(); ++i) {
+    SCOPED_TRACE(loads[i]);
+    const fs::path csv = dir.path() / ("grpc" + std::to_string(i) + ".csv");
+    auto r = testing::RunKiln("loadgen" + common + " " + loads[i] + " --csv '" + csv.string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    const auto rows = ReadLoadgenCsv(csv);
+    ASSERT_FALSE(rows.empty()) << r.output;
+    for (const auto& row : rows) {
+      EXPECT_GT(row.at("Inferences/Second"), 0.0);
+      EXPECT_GT(row.at("Server Compute Infer"), 0.0);  // read over gRPC
+      EXPECT_GT(row.at("response wait"), 0.0);
+      EXPECT_GT(row.at("p99 latency"), 0.0);
+    }
+  }
+  // /predict is HTTP only; gRPC takes host:port; nothing listening is a failure, not a hang.
+  EXPECT_EQ(testing::RunKiln("loadgen" + common + " --mode image --images /tmp").exit_code, 2);
+  auto url = testing::RunKiln("loadgen -i grpc --url " + server_->url() + " -m cifar");
+  EXPECT_EQ(url.exit_code, 2) << url.output;
+  EXPECT_NE(url.output.find("host:port"), std::string::npos) << url.output;
+  auto none = testing::RunKiln("loadgen -i grpc --url 127.0.0.1:1 -m cifar --concurrency 1");
+  EXPECT_EQ(none.exit_code, 1) << none.output;
+  EXPECT_NE(none.output.find("cannot read the metadata"), std::string::npos) << none.output;
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar -i udp").exit_code, 2);
+}
+
+// Rate mode's two latency definitions: one sender thread offered far more than the server
+// answers falls further behind every second. Counted from each request's due time the latency
+// grows with that backlog (seconds); counted from when a request left (perf_analyzer's
+// definition) it stays one request's service time. So the first is many times the second.
+TEST_F(ServeTest, LoadgenLatencyFromDueTimeCountsTheBacklog) {
+  testing::TempDir dir;
+  double p50[2] = {0, 0};
+  const char* from[2] = {"due", "send"};
+  for (int i = 0; i < 2; ++i) {
+    SCOPED_TRACE(from[i]);
+    const fs::path csv = dir.path() / (std::string(from[i]) + ".csv");
+    auto r = testing::RunKiln("loadgen --url " + server_->url() +
+                              " -m cifar --mode binary --request-rate 20000 --max-threads 1"
+                              " --window-ms 500 --max-windows 4 --latency-from " +
+                              from[i] + " --csv '" + csv.string() + "'");
+    ASSERT_EQ(r.exit_code, 0) << r.output;
+    EXPECT_NE(r.output.find("cannot keep up"), std::string::npos) << r.output;
+    const auto rows = ReadLoadgenCsv(csv);
+    ASSERT_EQ(rows.size(), 1U) << r.output;
+    p50[i] = rows[0].at("p50 latency");
+  }
+  // A backlog of at least 0.5 s against a request's service time on this model (milliseconds).
+  EXPECT_GT(p50[0], 20 * p50[1]) << "due " << p50[0] << " us, send " << p50[1] << " us";
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 10 --latency-from then").exit_code, 2);
 }
 
 // 1,000 idle keep-alive connections hold no thread: another client is still served.
