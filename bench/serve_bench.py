@@ -12,7 +12,7 @@ measured side by side.
      each request's due time): p99 there;
   4. the FastAPI + PyTorch baseline (bench/fastapi_baseline.py, model.pt) under the same wrk load;
   5. with --perf-analyzer: Triton's own perf_analyzer (scripts/perf_analyzer.sh, HTTP and gRPC)
-     beside `kiln loadgen --mode binary` against the same `kiln serve`, at each concurrency and
+     beside `kiln loadgen --mode binary` (HTTP and gRPC) against the same `kiln serve`, at each concurrency and
      at the half-saturation rate (bench/perf_vs_loadgen.py's measurement, --perf-rounds rounds).
 
 Writes OUT/serve_bench.json and OUT/serve_bench.md and prints the markdown. Server, load

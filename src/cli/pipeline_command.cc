@@ -15,6 +15,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <thread>
 
 #include "commands.h"
 #include "kiln/core/file.h"
@@ -35,6 +36,7 @@ struct PipelineArgs {
   bool quick = false;
   bool force = false;
   bool no_peers = false;
+  bool full_bench = false;
   std::vector<std::string> skip;
   std::vector<std::string> redo;
 };
@@ -110,6 +112,13 @@ int RunPipeline(const PipelineArgs& a) {
                                      "--test-limit", "2000", "--calibration-images", "256",
                                      "--int8-budget", "100", "--prune-budget", "100"});
     bench.push_back("--quick");
+  } else if (!a.full_bench) {
+    // Every variant on every engine, at batch 1 and a large batch, on all the machine's cores: the
+    // comparisons the report leads with, in minutes. kiln bench's own default matrix (batch 1 to
+    // 256, 1 and 2 threads) took over an hour on 2 cores (docs/decisions.md, "The pipeline's
+    // benchmark").
+    const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
+    bench.insert(bench.end(), {"--batch-sizes", "1,64", "--threads", std::to_string(cores)});
   }
   if (a.no_peers) bench.push_back("--no-peers");
   if (fs::exists(run / "resume.ckpt") && !fs::exists(marks / "train.done") && !a.force) {
@@ -219,6 +228,10 @@ void RegisterPipelineCommand(CLI::App& app, Runner* run) {
   cmd->add_option("--redo", a->redo, "Stages to run again even if finished")->delimiter(',');
   cmd->add_flag("--force", a->force, "Run every stage again");
   cmd->add_flag("--no-peers", a->no_peers, "Benchmark without the Python PyTorch peers");
+  cmd->add_flag("--full-bench", a->full_bench,
+                "Benchmark kiln bench's whole default matrix (batch 1 to 256, 1 and 2 threads; "
+                "over an hour on 2 cores) instead of batch 1 and 64 on all cores")
+      ->excludes("--quick");
   cmd->callback([run, a] { *run = [a] { return RunPipeline(*a); }; });
 }
 

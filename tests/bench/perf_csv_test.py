@@ -7,8 +7,9 @@
 Real output of both tools: a tiny model (kiln train/export/repo write, as in
 tests/serve/tritonclient_test.py) behind `kiln serve` on free loopback ports; Triton's
 perf_analyzer (scripts/perf_analyzer.sh, provisioned by scripts/setup.sh) writes `-f` CSVs with
-and without --verbose-csv and --percentile=99, at a concurrency and at a request rate; `kiln loadgen --csv` measures
-the same levels. perf_csv.load reads all of them; the loadgen CSV has exactly perf_analyzer's
+and without --verbose-csv and --percentile=99, at a concurrency and at a request rate, over HTTP
+and (at the concurrency) over gRPC; `kiln loadgen --csv` measures the same levels over the same
+protocols. perf_csv.load reads all of them; the loadgen CSV has exactly perf_analyzer's
 verbose columns in its order; every file's times are in microseconds (checked by Little's law
 on the file's own numbers: closed loop, throughput x average latency = concurrency). Then the
 parser's refusals, on edited copies of the real files.
@@ -51,6 +52,10 @@ class PerfCsvTest(unittest.TestCase):
                                                 "--verbose-csv"],
                 "pa_rate_verbose": pa + ["--request-rate-range", str(RATE), "--verbose-csv"],
             }
+            grpc = f"127.0.0.1:{cls.server.grpc_port}"
+            runs["pa_grpc_concurrency_verbose"] = (
+                [a if a != http else grpc for a in pa]
+                + ["-i", "grpc", "--concurrency-range", str(CONCURRENCY), "--verbose-csv"])
             # perf_analyzer's default stabilization (average latency) adds "Avg latency".
             runs["pa_default_verbose"] = [a for a in runs["pa_concurrency_verbose"]
                                           if a != "--percentile=99"]
@@ -59,6 +64,9 @@ class PerfCsvTest(unittest.TestCase):
                   "--stability", str(STABILITY)]
             runs["loadgen_concurrency"] = lg + ["--concurrency", str(CONCURRENCY)]
             runs["loadgen_rate"] = lg + ["--request-rate", str(RATE)]
+            runs["loadgen_grpc_concurrency"] = (
+                [a if a != "http://" + http else grpc for a in lg]
+                + ["-i", "grpc", "--concurrency", str(CONCURRENCY)])
             for name, cmd in runs.items():
                 path = os.path.join(t, name + ".csv")
                 cmd = cmd + (["-f", path] if name.startswith("pa_") else ["--csv", path])
@@ -94,6 +102,8 @@ class PerfCsvTest(unittest.TestCase):
         self.assertEqual(tables["loadgen_concurrency"]["columns"],
                          tables["pa_concurrency_verbose"]["columns"])
         self.assertEqual(tables["loadgen_rate"]["columns"], tables["pa_rate_verbose"]["columns"])
+        self.assertEqual(tables["loadgen_grpc_concurrency"]["columns"],
+                         tables["pa_grpc_concurrency_verbose"]["columns"])
         # Stabilizing on the average latency, perf_analyzer also writes it.
         pct = tables["pa_concurrency_verbose"]["columns"]
         n = 1 + len(perf_csv.BASE_COLUMNS)
@@ -105,7 +115,8 @@ class PerfCsvTest(unittest.TestCase):
     def test_times_are_microseconds_in_both(self):
         # Closed loop: each of the `c` clients has one request in flight at all times, so
         # throughput (1/s) x average latency (s) = c. A file in milliseconds would give c/1000.
-        for name in ("pa_concurrency_verbose", "pa_default_verbose", "loadgen_concurrency"):
+        for name in ("pa_concurrency_verbose", "pa_default_verbose", "loadgen_concurrency",
+                     "pa_grpc_concurrency_verbose", "loadgen_grpc_concurrency"):
             with self.subTest(file=name):
                 s = perf_csv.summary(perf_csv.load(self.files[name])["rows"][0])
                 in_flight = s["throughput"] * s["avg_ms"] / 1e3

@@ -215,6 +215,10 @@ TEST(PipelineTest, BadArgumentsAreUsageErrors) {
   EXPECT_NE(r.output.find("unknown stage"), std::string::npos) << r.output;
   r = testing::RunKiln("bench --manifest /nonexistent/manifest.json");
   EXPECT_EQ(r.exit_code, 2) << r.output;
+  // The smoke profile has its own small matrix; the full one would contradict it.
+  r = testing::RunKiln("pipeline --quick --full-bench --out /tmp/kiln-never-created");
+  EXPECT_EQ(r.exit_code, 2) << r.output;
+  EXPECT_NE(r.output.find("excludes"), std::string::npos) << r.output;
 }
 
 }  // namespace

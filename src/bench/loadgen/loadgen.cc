@@ -89,7 +89,7 @@ class Sender {
   virtual ~Sender() = default;
   // Sends prepared request number `request` (wrapping around) and waits for its answer.
   virtual Outcome Send(size_t request) = 0;
-  // Seconds of the last Send spent waiting for the response (see Options::protocol).
+  // Seconds of the last Send spent waiting for the response (see Options::csv).
   virtual double ResponseWait() const = 0;
 };
 
