@@ -724,7 +724,9 @@ std::vector<std::map<std::string, double>> ReadLoadgenCsv(const fs::path& path) 
   while (std::getline(in, line)) {
     const auto cells = split(line);
     std::map<std::string, double> row;
-    for (size_t i = 0; i < cells.size() && i < header.size(); ++i) row[header[i]] = std::stod(cells[i]);
+    for (size_t i = 0; i < cells.size() && i < header.size(); ++i) {
+      row[header[i]] = std::stod(cells[i]);
+    }
     rows.push_back(row);
   }
   return rows;
@@ -743,7 +745,8 @@ TEST_F(ServeTest, LoadgenMeasuresOverGrpc) {
   for (size_t i = 0; i < loads.size(); ++i) {
     SCOPED_TRACE(loads[i]);
     const fs::path csv = dir.path() / ("grpc" + std::to_string(i) + ".csv");
-    auto r = testing::RunKiln("loadgen" + common + " " + loads[i] + " --csv '" + csv.string() + "'");
+    auto r =
+        testing::RunKiln("loadgen" + common + " " + loads[i] + " --csv '" + csv.string() + "'");
     ASSERT_EQ(r.exit_code, 0) << r.output;
     const auto rows = ReadLoadgenCsv(csv);
     ASSERT_FALSE(rows.empty()) << r.output;
@@ -788,7 +791,8 @@ TEST_F(ServeTest, LoadgenLatencyFromDueTimeCountsTheBacklog) {
   }
   // A backlog of at least 0.5 s against a request's service time on this model (milliseconds).
   EXPECT_GT(p50[0], 20 * p50[1]) << "due " << p50[0] << " us, send " << p50[1] << " us";
-  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 10 --latency-from then").exit_code, 2);
+  EXPECT_EQ(testing::RunKiln("loadgen -m cifar --request-rate 10 --latency-from then").exit_code,
+            2);
 }
 
 // 1,000 idle keep-alive connections hold no thread: another client is still served.

@@ -291,7 +291,8 @@ class GrpcSender final : public Sender {
     ctx.set_deadline(std::chrono::system_clock::now() + kGrpcDeadline);
     inference::ModelInferResponse response;
     const auto t0 = Clock::now();
-    const grpc::Status s = stub_->ModelInfer(&ctx, requests_[request % requests_.size()], &response);
+    const auto& req = requests_[request % requests_.size()];
+    const grpc::Status s = stub_->ModelInfer(&ctx, req, &response);
     wait_ = std::chrono::duration<double>(Clock::now() - t0).count();
     if (s.ok()) return Outcome::kOk;
     if (s.error_code() == grpc::StatusCode::UNAVAILABLE ||

@@ -3,8 +3,9 @@
 // Closed-loop clients at each concurrency level, or an open loop at a fixed request rate (constant
 // or Poisson arrivals); each sender thread has a connection of its own; measurement windows until
 // throughput and p99 are stable; latency percentiles by kiln::Quantile (core/statistics.h); the
-// server's queue/compute split from its statistics (HTTP /stats or gRPC ModelStatistics). One table row per level goes to `out`; the
-// CSV (perf_analyzer's column names, microseconds) is rewritten atomically after every level.
+// server's queue/compute split from its statistics (HTTP /stats or gRPC ModelStatistics). One
+// table row per level goes to `out`; the CSV (perf_analyzer's column names, microseconds) is
+// rewritten atomically after every level.
 //
 //   loadgen::Options o;
 //   o.url = "http://127.0.0.1:8000";
@@ -77,9 +78,10 @@ struct LevelResult {
 Result<std::vector<LevelResult>> Measure(const Options& options);
 
 // Runs the sweep (Measure, keeping only its Status). InvalidArgument for options that cannot work
-// (no levels, an empty image folder, image mode over gRPC, a URL where gRPC wants host:port), Unavailable when the model's metadata cannot be read,
-// Unimplemented for a model without exactly one FP32 input, the write's Status when the CSV cannot
-// be written, Cancelled when `stop` turned true.
+// (no levels, an empty image folder, image mode over gRPC, a URL where gRPC wants host:port),
+// Unavailable when the model's metadata cannot be read, Unimplemented for a model without exactly
+// one FP32 input, the write's Status when the CSV cannot be written, Cancelled when `stop` turned
+// true.
 Status Run(const Options& options);
 
 }  // namespace kiln::loadgen
