@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Kiln's main job on a fresh machine: set up, build, then run the whole pipeline on the shared
-# CIFAR-10 archive (train -> export -> optimize -> bench; about 23 minutes on 2 cores) into
+# CIFAR-10 archive (train -> export -> optimize -> bench; about 35 minutes on 2 cores) into
 # runs/pipeline, print the best model and where the report is, then serve it. Re-running
 # reuses finished stages. Extra arguments go to `kiln pipeline` (e.g. --quick for a few-minute smoke run).
 #   DATA=path/to/cifar-10-binary.tar.gz scripts/main.sh --quick
