@@ -507,13 +507,12 @@ Status WriteReport(const json& report, const fs::path& out_dir) {
       const double ips = (*best)["images_per_second"].get<double>();
       const double accuracy = judged_accuracy(s);
       const std::optional<double> delta = judged_delta(s);
-      // accuracy_cell leaves the Python peers' cells blank; this table gives them the manifest's.
-      std::string cell = accuracy_cell(s);
-      if (accuracy < 0) {
-        cell = "not measured";
-      } else if (cell == "-") {
-        cell = Format("%.2f%%", 100 * accuracy) + " (manifest)";
-      }
+      // Unlike accuracy_cell, which leaves the Python peers' cells blank, this table gives every
+      // pair without an accuracy of its own engine the manifest's.
+      const bool computed = engine_accuracy.count({s.variant, s.engine}) > 0;
+      const std::string cell = accuracy < 0 ? std::string("not measured")
+                                            : Format("%.2f%%", 100 * accuracy) +
+                                                  (computed ? "" : " (manifest)");
       md << "| " << s.label << " | " << Format("%.2f", size / 1e6) << " | "
          << (size > 0 && fp32_size > 0 ? Format("%.2fx", static_cast<double>(fp32_size) / size) : "-")
          << " | " << cell << " | " << (delta ? Format("%+.2f", *delta) : "-")

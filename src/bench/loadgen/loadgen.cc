@@ -99,9 +99,9 @@ class Target {
  public:
   virtual ~Target() = default;
   virtual Result<InputSpec> ReadInput() = 0;
-  // One request per batch (each `shape`-sized, row-major); `binary`: raw bytes instead of typed
-  // values (HTTP: the binary tensor extension; gRPC: raw_input_contents).
-  virtual void Prepare(const InputSpec& in, const std::vector<int64_t>& shape,
+  // One request per batch for input `input` (each `shape`-sized, row-major); `binary`: raw bytes
+  // instead of typed values (HTTP: the binary tensor extension; gRPC: raw_input_contents).
+  virtual void Prepare(const std::string& input, const std::vector<int64_t>& shape,
                        const std::vector<std::vector<float>>& batches, bool binary) = 0;
   virtual std::unique_ptr<Sender> NewSender() = 0;
   // The model's cumulative statistics (all zero when they cannot be read).
@@ -198,11 +198,11 @@ class HttpTarget final : public Target {
     return InputSpec{in["name"].get<std::string>(), in["shape"].get<std::vector<int64_t>>()};
   }
 
-  void Prepare(const InputSpec& in, const std::vector<int64_t>& shape,
+  void Prepare(const std::string& input, const std::vector<int64_t>& shape,
                const std::vector<std::vector<float>>& batches, bool binary) override {
     path_ = "/v2/models/" + model_ + "/infer";
     for (const auto& data : batches) {
-      json req = {{"inputs", {{{"name", in.name}, {"shape", shape}, {"datatype", "FP32"}}}}};
+      json req = {{"inputs", {{{"name", input}, {"shape", shape}, {"datatype", "FP32"}}}}};
       if (binary) {
         req["inputs"][0]["parameters"] = {{"binary_data_size", data.size() * sizeof(float)}};
         req["parameters"] = {{"binary_data_output", true}};
@@ -335,20 +335,20 @@ class GrpcTarget final : public Target {
                      {meta.inputs(0).shape().begin(), meta.inputs(0).shape().end()}};
   }
 
-  void Prepare(const InputSpec& in, const std::vector<int64_t>& shape,
+  void Prepare(const std::string& input, const std::vector<int64_t>& shape,
                const std::vector<std::vector<float>>& batches, bool binary) override {
     for (const auto& data : batches) {
       inference::ModelInferRequest req;
       req.set_model_name(model_);
-      auto* input = req.add_inputs();
-      input->set_name(in.name);
-      input->set_datatype("FP32");
-      for (int64_t d : shape) input->add_shape(d);
+      auto* tensor = req.add_inputs();
+      tensor->set_name(input);
+      tensor->set_datatype("FP32");
+      for (int64_t d : shape) tensor->add_shape(d);
       if (binary) {
         req.add_raw_input_contents(reinterpret_cast<const char*>(data.data()),
                                    data.size() * sizeof(float));
       } else {
-        input->mutable_contents()->mutable_fp32_contents()->Add(data.begin(), data.end());
+        tensor->mutable_contents()->mutable_fp32_contents()->Add(data.begin(), data.end());
       }
       requests_.push_back(std::move(req));
     }
@@ -444,7 +444,7 @@ Result<std::unique_ptr<Target>> Connect(const Options& a) {
       batches.push_back(std::move(data));
     }
   }
-  target->Prepare(in, shape, batches, a.mode == "binary");
+  target->Prepare(in.name, shape, batches, a.mode == "binary");
   return target;
 }
 
